@@ -1,0 +1,1 @@
+"""FedShare ClientApp: one SuperNode hosting a partition of users."""

@@ -1,0 +1,134 @@
+"""Local training and evaluation of all the users a node hosts, vectorized (no per-user loop).
+
+The node's model is matrix factorisation with *private* user rows ``e_u`` (they never leave
+the node) and a local copy of the global item table ``e_i``. When the server shares its
+graph views, scores fuse local and global representations (METHOD.md §3.4):
+
+    s(u, i) = <e_u + 1[u shares] g_u, e_i + h_i>
+
+where ``g_u`` / ``h_i`` are the server's LightGCN views (fixed during local training).
+The local loss is (METHOD.md §3.2)
+
+    L = BPR(D_u) + lambda_cl * InfoNCE(e_u, g_u; tau) + reg * ||theta_batch||^2
+
+over all the node's interactions (shared and private). With no graph (sharing ratio 0)
+``g = h = 0`` and ``lambda_cl`` has nothing to align: this is plain federated BPR-MF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.losses import bpr_loss, info_nce, l2_penalty
+from common.metrics import mask_scores, ranking_metric_sums
+
+
+@dataclass(frozen=True)
+class LocalHyper:
+    epochs: int
+    lr: float
+    batch_size: int
+    reg: float
+    cl_weight: float
+    cl_temperature: float
+
+
+@dataclass(frozen=True)
+class GlobalView:
+    """What the server sent for this round; user rows are in node-local order."""
+
+    item_emb: torch.Tensor              # (I, d) global (FedAvg) item table
+    item_graph: torch.Tensor | None     # (I, d) server graph item views h_i, or None
+    user_graph: torch.Tensor            # (n_u, d) g_u, zero rows for users who share nothing
+    user_shares: torch.Tensor           # (n_u,) bool
+    negatives: torch.Tensor | None      # (M, d) pooled contrastive negatives
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """Result of a round of local training."""
+
+    user_emb: torch.Tensor   # (n_u, d) new private user table (stays on the node)
+    index: np.ndarray        # (r,) int64 changed item rows
+    values: np.ndarray       # (r, d) float32 their new values
+    counts: np.ndarray       # (r,) float32 training samples that touched each row (FedAvg weight)
+    loss: float
+    num_examples: int
+
+
+def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor,
+                 view: GlobalView) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(e_u + g_u, e_i + h_i)``: the representations that score, shapes (n_u, d), (I, d)."""
+    users = user_emb + view.user_graph
+    items = item_emb if view.item_graph is None else item_emb + view.item_graph
+    return users, items
+
+
+def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_index, pos, neg,
+                hp: LocalHyper) -> torch.Tensor:
+    users, items = fused_tables(user, item, view)
+    u_vec = users[user_index]
+    pos_scores = (u_vec * items[pos]).sum(-1)
+    neg_scores = (u_vec * items[neg]).sum(-1)
+    loss = bpr_loss(pos_scores, neg_scores)
+    loss = loss + hp.reg * l2_penalty(user[user_index], item[pos], item[neg])
+    if hp.cl_weight > 0 and bool(view.user_shares.any()):
+        sharing = torch.unique(user_index[view.user_shares[user_index]])
+        if len(sharing):
+            loss = loss + hp.cl_weight * info_nce(user[sharing], view.user_graph[sharing],
+                                                  view.negatives, hp.cl_temperature)
+    return loss
+
+
+def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, hp: LocalHyper,
+                seed: int) -> LocalUpdate:
+    """``hp.epochs`` epochs of mini-batch BPR over ``pairs`` ((n, 2) [local user, item])."""
+    generator = torch.Generator().manual_seed(seed)
+    user = user_emb.detach().clone().requires_grad_(True)
+    item = view.item_emb.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([user, item], lr=hp.lr)
+    num_items = item.shape[0]
+    counts = torch.zeros(num_items)
+    total, steps = 0.0, 0
+    for _ in range(hp.epochs):
+        order = torch.randperm(len(pairs), generator=generator)
+        for batch in order.split(hp.batch_size):
+            user_index, pos = pairs[batch, 0], pairs[batch, 1]
+            neg = torch.randint(num_items, (len(batch),), generator=generator)
+            loss = _batch_loss(user, item, view, user_index, pos, neg, hp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            counts.index_add_(0, pos, torch.ones(len(batch)))
+            counts.index_add_(0, neg, torch.ones(len(batch)))
+            total, steps = total + loss.item(), steps + 1
+    changed = torch.nonzero(counts > 0).flatten()
+    return LocalUpdate(user_emb=user.detach(), index=changed.numpy().astype(np.int64),
+                       values=item.detach()[changed].numpy().astype(np.float32),
+                       counts=counts[changed].numpy().astype(np.float32),
+                       loss=total / max(steps, 1), num_examples=len(pairs) * hp.epochs)
+
+
+def evaluate_local(user_emb: torch.Tensor, view: GlobalView, known: torch.Tensor,
+                   truth: torch.Tensor, batch_users: int = 1024) -> dict[str, float]:
+    """Full-ranking metric sums for the node's users.
+
+    ``known`` ((n, 2) [local user, item]) are masked out of the ranking (training items);
+    ``truth`` ((m, 2)) are the held-out interactions. Returns sums plus ``num-users``.
+    """
+    users, items = fused_tables(user_emb, view.item_emb, view)
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for start in range(0, users.shape[0], batch_users):
+            stop = min(start + batch_users, users.shape[0])
+            scores = users[start:stop] @ items.T
+            in_known = (known[:, 0] >= start) & (known[:, 0] < stop)
+            scores = mask_scores(scores, known[in_known, 0] - start, known[in_known, 1])
+            in_truth = (truth[:, 0] >= start) & (truth[:, 0] < stop)
+            part = ranking_metric_sums(scores, truth[in_truth, 0] - start, truth[in_truth, 1])
+            for key, value in part.items():
+                sums[key] = sums.get(key, 0.0) + value
+    return sums

@@ -1,0 +1,72 @@
+"""A node's view of the world: its users, their data, its state directory, its ledger.
+
+Flower-free so it can be used by the CLI and tests. The dataset is parsed once per
+process (``load_dataset`` is cached); only the hosted users' rows are kept here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client_app.ledger import Ledger, load_or_create_ledger
+from common.config import RunConfig
+from common.datasets import load_dataset, partition_users
+from common.sharing import load_sharing_file, shared_pairs
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """The hosted users (global ids, sorted) and their interactions in node-local user ids."""
+
+    partition_id: int
+    users: np.ndarray            # (n_u,) global user ids
+    train: np.ndarray            # (n, 2) [global user, item]
+    train_local: torch.Tensor    # (n, 2) [local user, item]
+    valid_local: torch.Tensor
+    test_local: torch.Tensor
+    num_users: int               # catalog sizes of the whole dataset
+    num_items: int
+    fingerprint: str             # of the whole dataset the node loaded
+
+    def to_local(self, user: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.users, user)
+
+    def _local_pairs(self, pairs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.to_local(pairs[:, 0]), pairs[:, 1]], 1))
+
+
+def default_state_dir(cfg: RunConfig, partition_id: int, num_partitions: int) -> Path:
+    """``<state-dir>/<sharing fingerprint>/node-<p>-of-<n>``: one ledger per sharing setup."""
+    return Path(cfg.state_dir) / f"sharing-{cfg.sharing_fingerprint()}" / \
+        f"node-{partition_id}-of-{num_partitions}"
+
+
+@lru_cache(maxsize=4)
+def load_node(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeData:
+    """The data of partition ``partition_id`` (cached per process)."""
+    ds = load_dataset(cfg.dataset, cfg.data_root(), rating_threshold=cfg.rating_threshold,
+                      seed=cfg.seed, valid_ratio=cfg.valid_ratio, test_ratio=cfg.test_ratio,
+                      max_users=cfg.max_users or None)
+    users = partition_users(ds.num_users, partition_id, num_partitions)
+    part = ds.users_slice(users)
+    node = NodeData(partition_id=partition_id, users=users, train=part.train,
+                    train_local=torch.empty(0), valid_local=torch.empty(0),
+                    test_local=torch.empty(0), num_users=ds.num_users,
+                    num_items=ds.num_items, fingerprint=ds.fingerprint)
+    return NodeData(**{**node.__dict__, "train_local": node._local_pairs(part.train),
+                       "valid_local": node._local_pairs(part.valid),
+                       "test_local": node._local_pairs(part.test)})
+
+
+def node_ledger(cfg: RunConfig, node: NodeData, state_dir: Path) -> Ledger:
+    """The node's durable ledger, created from the sharing policy on first use."""
+    def initial() -> np.ndarray:
+        explicit = load_sharing_file(cfg.sharing_file) if cfg.sharing_file else None
+        return shared_pairs(node.train, cfg.sharing_ratio, cfg.sharing_distribution, cfg.seed,
+                            explicit)
+    return load_or_create_ledger(state_dir, cfg.sharing_fingerprint(), initial)

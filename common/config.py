@@ -1,0 +1,126 @@
+"""The run configuration: ``[tool.flwr.app.config]`` read once into a validated model.
+
+Keys are kebab-case in ``pyproject.toml`` and on the command line
+(``flwr run . -c 'sharing-ratio=0.25'``); fields are snake_case here. Every
+key is checked: an unknown key, a wrong type or an out-of-range value stops
+the run with a :class:`ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.datasets import DATASETS
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, unknown or out of range (the message names the key)."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Every knob of a FedShare run (see README's table for meanings)."""
+
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+    # data
+    dataset: Literal[DATASETS] = "ml-100k"  # type: ignore[valid-type]
+    data_dir: str = ""
+    rating_threshold: float = Field(0.0, ge=0.0)
+    valid_ratio: float = Field(0.1, ge=0.0, lt=0.5)
+    test_ratio: float = Field(0.1, ge=0.0, lt=0.5)
+    max_users: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    # federation
+    num_rounds: int = Field(20, ge=1)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_nodes: int = Field(1, ge=1)
+    round_timeout: float = Field(600.0, gt=0.0)
+    eval_every: int = Field(5, ge=0)
+    # local (client) model
+    embedding_dim: int = Field(64, ge=1, le=1024)
+    local_epochs: int = Field(1, ge=1)
+    local_lr: float = Field(0.01, gt=0.0)
+    batch_size: int = Field(1024, ge=1)
+    reg: float = Field(1e-4, ge=0.0)
+    torch_threads: int = Field(1, ge=1)
+    # personalized sharing
+    sharing_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    sharing_distribution: Literal["fixed", "uniform", "all-or-nothing"] = "fixed"
+    sharing_file: str = ""
+    # contrastive alignment
+    cl_weight: float = Field(0.1, ge=0.0)
+    cl_temperature: float = Field(0.2, gt=0.0)
+    cl_negatives: int = Field(64, ge=0)
+    cl_negative_pool: int = Field(8, ge=1)
+    # server graph model
+    num_layers: int = Field(3, ge=0, le=8)
+    server_lr: float = Field(0.01, gt=0.0)
+    server_epochs: float = Field(1.0, ge=0.0)
+    server_batch_size: int = Field(2048, ge=1)
+    snapshot_rounds: str = "0"
+    # where things go
+    state_dir: str = ".fedshare-state"
+    out_dir: str = "results"
+
+    @field_validator("snapshot_rounds")
+    @classmethod
+    def _rounds_list(cls, value: str) -> str:
+        try:
+            rounds = [int(tok) for tok in value.replace(" ", "").split(",") if tok]
+        except ValueError as exc:
+            raise ValueError(f"expected comma-separated round numbers, got {value!r}") from exc
+        if any(r < 0 for r in rounds):
+            raise ValueError("round numbers must be >= 0")
+        return ",".join(str(r) for r in sorted(set(rounds)))
+
+    @property
+    def snapshot_round_list(self) -> tuple[int, ...]:
+        return tuple(int(tok) for tok in self.snapshot_rounds.split(",") if tok)
+
+    @property
+    def sharing_enabled(self) -> bool:
+        """False for the FedAvg baseline: no graph, no alignment."""
+        return self.sharing_ratio > 0.0 or bool(self.sharing_file)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Kebab-case dict, as in ``pyproject.toml`` (for manifests)."""
+        return self.model_dump(by_alias=True)
+
+    def sharing_fingerprint(self) -> str:
+        """Short hash of everything that decides which interactions are shared."""
+        keys = ("dataset", "rating-threshold", "valid-ratio", "test-ratio", "max-users", "seed",
+                "sharing-ratio", "sharing-distribution", "sharing-file")
+        payload = json.dumps({k: self.as_dict()[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def data_root(self) -> Path | None:
+        return Path(self.data_dir) if self.data_dir else None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<config>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown config key")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid run config: " + "; ".join(lines)
+
+
+def load_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """Validate a Flower ``run_config`` (kebab-case keys) into a :class:`RunConfig`."""
+    try:
+        return RunConfig.model_validate(dict(run_config))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Local simulation of a FedShare federation with `flwr run .`.
+#
+#   deploy/simulate.sh [extra run-config overrides, e.g. "num-rounds=5 sharing-ratio=0.25"]
+#
+# Uses a project-local Flower home (.flwr/), passes absolute data/state/result paths
+# (Flower runs the app from its own FAB copy, so relative paths would land elsewhere),
+# and stops the local simulation SuperLink that `flwr run` starts, by PID.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+NODES=${NODES:-10}
+export PATH="$VENV/bin:$PATH"
+export FLWR_HOME=${FLWR_HOME:-$ROOT/.flwr}
+export FLWR_DISABLE_UPDATE_CHECK=1                        # offline: no call to api.flower.ai
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1     # never `uv sync` app deps at run time
+export FEDSHARE_DATA_DIR=${FEDSHARE_DATA_DIR:-$(cd "$ROOT/.." && pwd)/shared/data}
+mkdir -p "$FLWR_HOME"
+cat > "$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+TOML
+
+stop_local_superlink() {
+  # The CLI leaves a detached `flower-superlink --simulation` running; ours uses our FLWR_HOME.
+  for pid in $(pgrep -f "flower-superlink.*--simulation" || true); do
+    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "FLWR_HOME=$FLWR_HOME"; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+}
+trap stop_local_superlink EXIT
+stop_local_superlink   # one left over from an earlier run keeps its old environment
+
+overrides="data-dir=\"$FEDSHARE_DATA_DIR\" state-dir=\"$ROOT/.fedshare-state\" out-dir=\"$ROOT/results\""
+"$VENV/bin/flwr" run "$ROOT" local --stream \
+  --federation-config "num-supernodes=$NODES client-resources-num-cpus=1" \
+  --run-config "$overrides ${1:-}"

@@ -1,0 +1,1 @@
+"""FedShare ServerApp: rounds, the shared-edge store and the server graph model."""

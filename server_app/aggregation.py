@@ -1,0 +1,33 @@
+"""Per-row weighted FedAvg of sparse item-table updates (McMahan et al., 2017, per row).
+
+For item row ``i`` touched by nodes ``n`` with sample counts ``c_{n,i}`` and values
+``v_{n,i}``:   ``E_i <- sum_n c_{n,i} v_{n,i} / sum_n c_{n,i}``;   untouched rows keep
+their value. This equals dense FedAvg where every node reports every row with weight 0
+for the rows it did not touch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    index: np.ndarray   # (r,) int64, unique
+    values: np.ndarray  # (r, d) float32
+    counts: np.ndarray  # (r,) float32 > 0
+
+
+def aggregate_rows(table: np.ndarray, updates: list[RowUpdate]) -> np.ndarray:
+    """New ``(I, d)`` table after per-row weighted averaging of ``updates``."""
+    numerator = np.zeros(table.shape, dtype=np.float64)
+    weight = np.zeros(table.shape[0], dtype=np.float64)
+    for update in updates:
+        numerator[update.index] += update.counts[:, None] * update.values
+        weight[update.index] += update.counts
+    touched = weight > 0
+    result = table.copy()
+    result[touched] = (numerator[touched] / weight[touched, None]).astype(table.dtype)
+    return result

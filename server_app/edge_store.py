@@ -1,0 +1,72 @@
+"""The shared-edge store: every (user, item) pair users chose to share, with the round it entered.
+
+An immutable value: ``add`` and ``remove`` return a new store, so the server graph
+(:func:`common.graph.build_graph` of :meth:`EdgeStore.pairs`) is a pure function of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_write_npz
+
+
+
+def _keys(user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
+    return user.astype(np.int64) * num_items + item.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EdgeStore:
+    """Unique edges sorted by (user, item); ``round`` is when each entered the graph."""
+
+    num_users: int
+    num_items: int
+    user: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    item: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    round: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def pairs(self) -> np.ndarray:
+        return np.stack([self.user, self.item], axis=1) if len(self) else np.zeros((0, 2), np.int64)
+
+    def add(self, user: np.ndarray, item: np.ndarray, server_round: int) -> "EdgeStore":
+        """Store with the new edges; an edge already present keeps its original round."""
+        old = _keys(self.user, self.item, self.num_items)
+        new = np.setdiff1d(_keys(user, item, self.num_items), old)
+        keys = np.concatenate([old, new])
+        rounds = np.concatenate([self.round, np.full(len(new), server_round, np.int64)])
+        order = np.argsort(keys, kind="stable")
+        keys, rounds = keys[order], rounds[order]
+        return EdgeStore(self.num_users, self.num_items, keys // self.num_items,
+                         keys % self.num_items, rounds)
+
+    def remove(self, user: np.ndarray, item: np.ndarray) -> "EdgeStore":
+        keep = ~np.isin(_keys(self.user, self.item, self.num_items),
+                        _keys(user, item, self.num_items))
+        return EdgeStore(self.num_users, self.num_items, self.user[keep], self.item[keep],
+                         self.round[keep])
+
+    def count_by_user(self, users: np.ndarray) -> np.ndarray:
+        """Number of stored edges of each of ``users``."""
+        return np.searchsorted(self.user, users, "right") - np.searchsorted(self.user, users, "left")
+
+    def users(self) -> np.ndarray:
+        """Users with at least one shared edge."""
+        return np.unique(self.user)
+
+    def save(self, path: Path) -> None:
+        atomic_write_npz(path, num_users=np.int64(self.num_users),
+                         num_items=np.int64(self.num_items), user=self.user, item=self.item,
+                         round=self.round)
+
+    @staticmethod
+    def load(path: Path) -> "EdgeStore":
+        with np.load(path, allow_pickle=False) as data:
+            return EdgeStore(int(data["num_users"]), int(data["num_items"]), data["user"],
+                             data["item"], data["round"])

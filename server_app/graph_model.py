@@ -1,0 +1,93 @@
+"""The server's LightGCN over the shared graph, with item-side contrastive alignment.
+
+Server loss (METHOD.md §3.3):
+
+    L_s = BPR(G_s) + reg * ||theta_batch||^2 + lambda_cl * InfoNCE(h_i, e_i; tau)
+
+``h = LightGCN(Z, G_s)`` (He et al., SIGIR 2020) propagates the server table ``Z``
+(``(U, d)`` users, ``(I, d)`` items) over the normalized shared graph; ``e_i`` are the
+FedAvg-aggregated item rows from the clients (fixed targets), contrasted against
+the other items of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from common.graph import Graph
+from common.losses import bpr_loss, info_nce, l2_penalty
+from common.models import lightgcn_propagate
+
+
+@dataclass(frozen=True)
+class ServerHyper:
+    epochs: float
+    batch_size: int
+    lr: float
+    reg: float
+    cl_weight: float
+    cl_temperature: float
+    num_layers: int
+
+
+class ServerGraphModel:
+    """Server embedding table ``Z`` and its optimizer state (explicit, checkpointable)."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int, hp: ServerHyper, seed: int):
+        self.hp = hp
+        self.generator = torch.Generator().manual_seed(seed)
+        self.user_weight = (0.1 * torch.randn(num_users, dim, generator=self.generator)) \
+            .requires_grad_(True)
+        self.item_weight = (0.1 * torch.randn(num_items, dim, generator=self.generator)) \
+            .requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.user_weight, self.item_weight], lr=hp.lr)
+
+    def _batch_loss(self, graph: Graph, user_index, pos, neg, targets) -> torch.Tensor:
+        users, items = lightgcn_propagate(self.user_weight, self.item_weight, graph,
+                                          self.hp.num_layers)
+        u_vec = users[user_index]
+        loss = bpr_loss((u_vec * items[pos]).sum(-1), (u_vec * items[neg]).sum(-1))
+        loss = loss + self.hp.reg * l2_penalty(self.user_weight[user_index],
+                                               self.item_weight[pos], self.item_weight[neg])
+        if self.hp.cl_weight > 0 and targets is not None:
+            batch_items = torch.unique(pos)
+            loss = loss + self.hp.cl_weight * info_nce(items[batch_items], targets[batch_items],
+                                                       None, self.hp.cl_temperature)
+        return loss
+
+    def train(self, graph: Graph, pairs: torch.Tensor, targets: torch.Tensor | None) -> float:
+        """``hp.epochs`` passes of mini-batch BPR over the shared ``pairs`` ((E, 2) [user, item])."""
+        if len(pairs) == 0 or self.hp.epochs <= 0:
+            return 0.0
+        num_samples = math.ceil(self.hp.epochs * len(pairs))
+        repeats = math.ceil(num_samples / len(pairs))
+        order = torch.cat([torch.randperm(len(pairs), generator=self.generator)
+                           for _ in range(repeats)])[:num_samples]
+        num_items = self.item_weight.shape[0]
+        total, steps = 0.0, 0
+        for batch in order.split(self.hp.batch_size):
+            neg = torch.randint(num_items, (len(batch),), generator=self.generator)
+            loss = self._batch_loss(graph, pairs[batch, 0], pairs[batch, 1], neg, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        return total / steps
+
+    def views(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global views ``(h_u (U, d), h_i (I, d))``; rows of nodes with no shared edge are zero
+        (nothing was learned for them, so they must not add noise to client scores)."""
+        with torch.no_grad():
+            users, items = lightgcn_propagate(self.user_weight, self.item_weight, graph,
+                                              self.hp.num_layers)
+            degree = torch.bincount(graph.edge_index[0], minlength=graph.num_users + graph.num_items)
+            users = users * (degree[: graph.num_users] > 0).unsqueeze(1)
+            items = items * (degree[graph.num_users:] > 0).unsqueeze(1)
+        return users, items
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """A detached copy of ``Z`` (what a snapshot stores)."""
+        return {"user": self.user_weight.detach().clone(), "item": self.item_weight.detach().clone()}

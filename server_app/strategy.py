@@ -1,0 +1,234 @@
+"""The FedShare strategy: the server's round loop on Flower's Grid.
+
+Per round (METHOD.md §3): sample nodes -> ``query.share`` to nodes with unsynced sharing
+-> update the shared-edge store and rebuild the graph -> train the server LightGCN with
+item-side alignment -> ``train`` (sparse item rows back) -> per-row FedAvg -> optionally
+``evaluate``. With ``sharing-ratio = 0`` no edge ever arrives, so there is no graph, no
+global view and no alignment: the loop is exactly federated BPR-MF with FedAvg.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from common.config import RunConfig
+from common.graph import build_graph
+from common.metrics import finalize
+from common.wire import EVALUATE, SHARE, TRAIN, content_bytes, to_record
+from server_app.aggregation import aggregate_rows
+from server_app.graph_model import ServerGraphModel, ServerHyper
+from server_app.state import Catalog, ServerState
+from server_app.validation import ReplyError, parse_evaluate, parse_share, parse_train
+
+log = logging.getLogger("flwr.fedshare")
+Tap = Callable[[str, Message], None]
+
+
+@dataclass
+class PhaseStats:
+    seconds: float = 0.0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    sent: int = 0
+    ok: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+class FedShareStrategy:
+    """Runs ``cfg.num_rounds`` FedShare rounds on a Grid; state is explicit in ``self.state``."""
+
+    def __init__(self, cfg: RunConfig, state: ServerState, tap: Tap | None = None):
+        self.cfg = cfg
+        self.state = state
+        self.tap = tap
+        self.rng = np.random.default_rng(cfg.seed)
+
+    # ---------------------------------------------------------------- messaging
+    def _exchange(self, grid, messages: list[Message], phase: str, stats: PhaseStats):
+        """Send, wait (bounded by the round timeout), and return the content replies."""
+        stats.sent += len(messages)
+        stats.bytes_down += sum(content_bytes(m.content) for m in messages)
+        if not messages:
+            return []
+        dst = {}
+        ids = grid.push_messages(messages)
+        for msg_id, msg in zip(ids, messages):
+            dst[msg_id] = msg.metadata.dst_node_id
+        replies = _pull_all(grid, list(dst), self.cfg.round_timeout)
+        good = []
+        for reply in replies:
+            node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                stats.rejected.append(f"node {node}: error {reply.error.code} {reply.error.reason}")
+                continue
+            stats.bytes_up += content_bytes(reply.content)
+            if self.tap is not None:
+                self.tap(phase, reply)
+            good.append((node, reply))
+        replied = {dst.get(r.metadata.reply_to_message_id) for r in replies}
+        missing = sorted(set(dst.values()) - replied)
+        stats.rejected += [f"node {n}: no reply within {self.cfg.round_timeout}s" for n in missing]
+        return good
+
+    def _message(self, node: int, kind: str, content: RecordDict, rnd: int) -> Message:
+        content["config"] = ConfigRecord({"server-round": rnd})
+        return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
+
+    # ---------------------------------------------------------------- phases
+    def share_phase(self, grid, nodes: list[int], rnd: int) -> PhaseStats:
+        stats, start = PhaseStats(), time.perf_counter()
+        targets = [n for n in nodes if n not in self.state.synced_nodes]
+        messages = [self._message(n, SHARE, self._ack_content(n), rnd) for n in targets]
+        for node, reply in self._exchange(grid, messages, "share", stats):
+            try:
+                self.state.apply_share(node, reply, rnd)
+                stats.ok += 1
+            except ReplyError as exc:
+                stats.rejected.append(f"node {node}: share rejected: {exc}")
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def graph_phase(self) -> tuple[float, float]:
+        """Train the server model on the current graph; returns (loss, seconds)."""
+        start = time.perf_counter()
+        state = self.state
+        if state.graph is None or len(state.edges) == 0:
+            return 0.0, 0.0
+        targets = torch.from_numpy(state.item_emb) if self.cfg.cl_weight > 0 else None
+        loss = state.model.train(state.graph, torch.from_numpy(state.edges.pairs()), targets)
+        state.refresh_views()
+        return loss, time.perf_counter() - start
+
+    def train_phase(self, grid, nodes: list[int], rnd: int) -> tuple[PhaseStats, float]:
+        stats, start = PhaseStats(), time.perf_counter()
+        messages = [self._message(n, TRAIN, self._model_content(n, negatives=True), rnd)
+                    for n in nodes]
+        updates, losses, weights = [], [], []
+        for node, reply in self._exchange(grid, messages, "train", stats):
+            try:
+                update, metrics = parse_train(reply, self.state.catalog.num_items,
+                                              self.cfg.embedding_dim)
+            except ReplyError as exc:
+                stats.rejected.append(f"node {node}: train rejected: {exc}")
+                continue
+            updates.append(update)
+            losses.append(metrics.loss)
+            weights.append(metrics.num_examples)
+            self.state.mark_pending(node, bool(metrics.pending_sharing))
+            stats.ok += 1
+        if updates:
+            self.state.item_emb = aggregate_rows(self.state.item_emb, updates)
+        loss = float(np.average(losses, weights=weights)) if sum(weights) else float("nan")
+        stats.seconds = time.perf_counter() - start
+        return stats, loss
+
+    def evaluate_phase(self, grid, nodes: list[int], rnd: int, split: str = "test"):
+        stats, start = PhaseStats(), time.perf_counter()
+        messages = []
+        for n in nodes:
+            content = self._model_content(n, negatives=False)
+            message = self._message(n, EVALUATE, content, rnd)
+            message.content["config"]["split"] = split
+            messages.append(message)
+        total: dict[str, float] = {}
+        for node, reply in self._exchange(grid, messages, "evaluate", stats):
+            try:
+                sums = parse_evaluate(reply)
+            except ReplyError as exc:
+                stats.rejected.append(f"node {node}: evaluate rejected: {exc}")
+                continue
+            for key, value in sums.items():
+                total[key] = total.get(key, 0.0) + value
+            stats.ok += 1
+        stats.seconds = time.perf_counter() - start
+        return stats, (finalize(total) if total else {})
+
+    # ---------------------------------------------------------------- contents
+    def _ack_content(self, node: int) -> RecordDict:
+        users = self.state.node_users.get(node, np.zeros(0, np.int64))
+        counts = self.state.edges.count_by_user(users) if self.state.edges is not None \
+            else np.zeros(len(users), np.int64)
+        return RecordDict({"ack": to_record(user=users, count=counts.astype(np.int64))})
+
+    def _model_content(self, node: int, negatives: bool) -> RecordDict:
+        content = self._ack_content(node)
+        state = self.state
+        content["items"] = to_record(weight=state.item_emb)
+        if state.views is not None:
+            user_views, item_views = state.views
+            content["graph"] = to_record(items=item_views)
+            users = state.node_users.get(node, np.zeros(0, np.int64))
+            users = users[state.edges.count_by_user(users) > 0]
+            if len(users):
+                content["users"] = to_record(index=users, values=user_views[users])
+            if negatives and self.cfg.cl_weight > 0:
+                pooled = state.pooled_negatives(self.rng, self.cfg.cl_negatives,
+                                                self.cfg.cl_negative_pool)
+                if pooled is not None:
+                    content["negatives"] = to_record(values=pooled)
+        return content
+
+    # ---------------------------------------------------------------- loop
+    def sample(self, node_ids: Iterable[int]) -> list[int]:
+        nodes = sorted(node_ids)
+        count = max(1, int(round(self.cfg.fraction_train * len(nodes))))
+        if count >= len(nodes):
+            return nodes
+        return sorted(self.rng.choice(nodes, size=count, replace=False).tolist())
+
+    def run_round(self, grid, rnd: int) -> dict:
+        """One round; returns its record (also appended to ``state.history``)."""
+        all_nodes = sorted(grid.get_node_ids())
+        nodes = self.sample(all_nodes)
+        share = self.share_phase(grid, nodes, rnd)
+        if self.state.catalog is None:
+            log.warning("round %d: no node reported its catalog yet; skipping", rnd)
+            return {"round": rnd, "skipped": True}
+        edges_before = self.state.edges_version
+        self.state.rebuild_graph_if_changed()
+        server_loss, server_seconds = self.graph_phase()
+        train, train_loss = self.train_phase(grid, nodes, rnd)
+        record = {
+            "round": rnd, "nodes_sampled": len(nodes), "train_loss": train_loss,
+            "server_loss": server_loss, "shared_edges": len(self.state.edges),
+            "graph_changed": self.state.edges_version != edges_before,
+            "phases": {"share": _phase_dict(share), "train": _phase_dict(train),
+                       "graph": {"seconds": server_seconds}},
+        }
+        if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
+            evaluation, metrics = self.evaluate_phase(grid, all_nodes, rnd)
+            record["phases"]["evaluate"] = _phase_dict(evaluation)
+            record["metrics"] = metrics
+        self.state.maybe_snapshot(rnd, self.cfg.snapshot_round_list)
+        return record
+
+
+def _phase_dict(stats: PhaseStats) -> dict:
+    return {"seconds": round(stats.seconds, 4), "bytes_down": stats.bytes_down,
+            "bytes_up": stats.bytes_up, "sent": stats.sent, "ok": stats.ok,
+            "rejected": stats.rejected}
+
+
+def _pull_all(grid, message_ids: list[str], timeout: float) -> list[Message]:
+    """Poll for replies until all arrived or ``timeout`` passed (partial list then)."""
+    pending, replies = set(message_ids), []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            replies.append(reply)
+            pending.discard(reply.metadata.reply_to_message_id)
+        if pending:
+            time.sleep(0.05 if _is_in_memory(grid) else 0.5)
+    return replies
+
+
+def _is_in_memory(grid) -> bool:
+    return type(grid).__name__ == "InMemoryGrid"
