@@ -102,7 +102,7 @@ def train(msg: Message, context: Context) -> Message:
     pending = bool(_unsynced_users(node_ledger(cfg, node, state_dir), acked))
     server_round = int(msg.content.config_records["config"]["server-round"])
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
-                    cfg.cl_temperature)
+                    cfg.cl_temperature, cfg.fusion)
     update = train_local(_user_table(context, cfg, node), node.train_local,
                          _global_view(msg, node), hp,
                          seed=cfg.seed * 1_000_003 + server_round * 7919 + node.partition_id)
@@ -124,5 +124,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     known = node.train_local if split == "valid" else \
         torch.cat([node.train_local, node.valid_local])
     truth = node.valid_local if split == "valid" else node.test_local
-    sums = evaluate_local(_user_table(context, cfg, node), _global_view(msg, node), known, truth)
+    sums = evaluate_local(_user_table(context, cfg, node), _global_view(msg, node), known, truth,
+                          cfg.fusion)
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

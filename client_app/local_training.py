@@ -34,6 +34,7 @@ class LocalHyper:
     reg: float
     cl_weight: float
     cl_temperature: float
+    fusion: str = "sum"
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,22 @@ class LocalUpdate:
     num_examples: int
 
 
-def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor,
-                 view: GlobalView) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(e_u + g_u, e_i + h_i)``: the representations that score, shapes (n_u, d), (I, d)."""
-    users = user_emb + view.user_graph
-    items = item_emb if view.item_graph is None else item_emb + view.item_graph
-    return users, items
+def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor, view: GlobalView,
+                 fusion: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """The representations whose dot product is the score.
+
+    ``sum``: ``(e_u + g_u, e_i + h_i)``, shapes (n_u, d), (I, d);
+    ``concat``: ``([e_u, g_u], [e_i, h_i])``, i.e. ``s = <e_u, e_i> + <g_u, h_i>``.
+    """
+    item_graph = torch.zeros_like(item_emb) if view.item_graph is None else view.item_graph
+    if fusion == "concat":
+        return torch.cat([user_emb, view.user_graph], 1), torch.cat([item_emb, item_graph], 1)
+    return user_emb + view.user_graph, item_emb + item_graph
 
 
 def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_index, pos, neg,
                 hp: LocalHyper) -> torch.Tensor:
-    users, items = fused_tables(user, item, view)
+    users, items = fused_tables(user, item, view, hp.fusion)
     u_vec = users[user_index]
     pos_scores = (u_vec * items[pos]).sum(-1)
     neg_scores = (u_vec * items[neg]).sum(-1)
@@ -113,13 +119,14 @@ def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, h
 
 
 def evaluate_local(user_emb: torch.Tensor, view: GlobalView, known: torch.Tensor,
-                   truth: torch.Tensor, batch_users: int = 1024) -> dict[str, float]:
+                   truth: torch.Tensor, fusion: str = "sum",
+                   batch_users: int = 1024) -> dict[str, float]:
     """Full-ranking metric sums for the node's users.
 
     ``known`` ((n, 2) [local user, item]) are masked out of the ranking (training items);
     ``truth`` ((m, 2)) are the held-out interactions. Returns sums plus ``num-users``.
     """
-    users, items = fused_tables(user_emb, view.item_emb, view)
+    users, items = fused_tables(user_emb, view.item_emb, view, fusion)
     sums: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, users.shape[0], batch_users):

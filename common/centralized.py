@@ -270,8 +270,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI entry point: load, train, evaluate, write ``{"manifest", "result"}``."""
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: load, train, evaluate, write ``{"manifest", "result"}``.
+
+    Returns ``None`` so that the ``fedshare-centralized`` console script exits with status 0.
+    """
     from common.datasets import load_dataset
     from common.manifest import run_manifest
 
@@ -296,7 +299,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, record)
         print(f"wrote {args.out}")
-    return record
 
 
 if __name__ == "__main__":

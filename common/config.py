@@ -42,7 +42,7 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     # federation
     num_rounds: int = Field(20, ge=1)
-    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    fraction_train: float = Field(0.2, gt=0.0, le=1.0)
     min_nodes: int = Field(1, ge=1)
     round_timeout: float = Field(600.0, gt=0.0)
     eval_every: int = Field(5, ge=0)
@@ -53,13 +53,14 @@ class RunConfig(BaseModel):
     batch_size: int = Field(1024, ge=1)
     reg: float = Field(1e-4, ge=0.0)
     torch_threads: int = Field(1, ge=1)
+    fusion: Literal["sum", "concat"] = "sum"
     # personalized sharing
     sharing_ratio: float = Field(0.5, ge=0.0, le=1.0)
     sharing_distribution: Literal["fixed", "uniform", "all-or-nothing"] = "fixed"
     sharing_file: str = ""
     # contrastive alignment
-    cl_weight: float = Field(0.1, ge=0.0)
-    cl_temperature: float = Field(0.2, gt=0.0)
+    cl_weight: float = Field(0.0, ge=0.0)
+    cl_temperature: float = Field(1.0, gt=0.0)
     cl_negatives: int = Field(64, ge=0)
     cl_negative_pool: int = Field(8, ge=1)
     # server graph model

@@ -88,8 +88,9 @@ def unique_interactions(user_index: torch.Tensor, item_index: torch.Tensor,
     Returns:
         ``(E,)`` user ids and ``(E,)`` item ids, E ≤ n.
     """
-    key = torch.unique(user_index * max(num_items, 1) + item_index, sorted=True)
-    return key // max(num_items, 1), key % max(num_items, 1)
+    stride = max(num_items, 1)
+    key = torch.unique(user_index * stride + item_index, sorted=True)
+    return key // stride, key % stride
 
 
 def symmetric_edge_index(user_index: torch.Tensor, item_index: torch.Tensor,

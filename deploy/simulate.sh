@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
-NODES=${NODES:-10}
+NODES=${NODES:-100}
 export PATH="$VENV/bin:$PATH"
 export FLWR_HOME=${FLWR_HOME:-$ROOT/.flwr}
 export FLWR_DISABLE_UPDATE_CHECK=1                        # offline: no call to api.flower.ai

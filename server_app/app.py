@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -55,6 +56,7 @@ def _progress(record: dict, num_rounds: int) -> str:
 
 def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = None) -> dict:
     """Run all rounds; writes and returns ``{"manifest", "rounds", "final"}``."""
+    torch.set_num_threads(cfg.torch_threads)  # shares the cores with the ClientApps
     state = ServerState(cfg, Path(cfg.state_dir) / "server" / f"run-{run_id}")
     strategy = FedShareStrategy(cfg, state, tap)
     nodes = wait_for_nodes(grid, cfg.min_nodes, cfg.round_timeout)
