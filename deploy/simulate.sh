@@ -25,17 +25,27 @@ address = ":local:"
 TOML
 
 stop_local_superlink() {
-  # The CLI leaves a detached `flower-superlink --simulation` running; ours uses our FLWR_HOME.
+  # The CLI leaves a detached `flower-superlink --simulation` running; ours has our FLWR_HOME.
+  local pids=()
   for pid in $(pgrep -f "flower-superlink.*--simulation" || true); do
     if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "FLWR_HOME=$FLWR_HOME"; then
-      kill "$pid" 2>/dev/null || true
+      pids+=("$pid")
     fi
   done
+  [ ${#pids[@]} -eq 0 ] && return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do   # wait up to 10 s for a clean exit, then force it
+    kill -0 "${pids[@]}" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 trap stop_local_superlink EXIT
 stop_local_superlink   # one left over from an earlier run keeps its old environment
 
-overrides="data-dir=\"$FEDSHARE_DATA_DIR\" state-dir=\"$ROOT/.fedshare-state\" out-dir=\"$ROOT/results\""
+STATE_DIR=${FEDSHARE_STATE_DIR:-$ROOT/.fedshare-state}
+OUT_DIR=${FEDSHARE_OUT_DIR:-$ROOT/results}
+overrides="data-dir=\"$FEDSHARE_DATA_DIR\" state-dir=\"$STATE_DIR\" out-dir=\"$OUT_DIR\""
 "$VENV/bin/flwr" run "$ROOT" local --stream \
   --federation-config "num-supernodes=$NODES client-resources-num-cpus=1" \
   --run-config "$overrides ${1:-}"

@@ -1,0 +1,27 @@
+"""Shared helpers of the benchmark scripts: output, tables, manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.atomic import atomic_write_json
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A fixed-width table of ``columns`` for each row (floats to 4 decimals)."""
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+    widths = [max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(cell(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_json(path, obj)
+    print(f"wrote {Path(path).resolve()}")
+
+
+def load_json(path: str | Path):
+    return json.loads(Path(path).read_text())
