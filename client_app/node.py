@@ -46,7 +46,7 @@ def default_state_dir(cfg: RunConfig, partition_id: int, num_partitions: int) ->
         f"node-{partition_id}-of-{num_partitions}"
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=4096)  # a simulation actor hosts many nodes
 def load_node(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeData:
     """The data of partition ``partition_id`` (cached per process)."""
     ds = load_dataset(cfg.dataset, cfg.data_root(), rating_threshold=cfg.rating_threshold,
