@@ -39,6 +39,7 @@ class PhaseStats:
     bytes_up: int = 0
     sent: int = 0
     ok: int = 0
+    rows_up: int = 0
     rejected: list[str] = field(default_factory=list)
 
 
@@ -120,6 +121,7 @@ class FedShareStrategy:
                 stats.rejected.append(f"node {node}: train rejected: {exc}")
                 continue
             updates.append(update)
+            stats.rows_up += len(update.index)
             losses.append(metrics.loss)
             weights.append(metrics.num_examples)
             self.state.mark_pending(node, bool(metrics.pending_sharing))
@@ -214,6 +216,7 @@ class FedShareStrategy:
 def _phase_dict(stats: PhaseStats) -> dict:
     return {"seconds": round(stats.seconds, 4), "bytes_down": stats.bytes_down,
             "bytes_up": stats.bytes_up, "sent": stats.sent, "ok": stats.ok,
+            "rows_up": stats.rows_up,
             "rejected": stats.rejected}
 
 

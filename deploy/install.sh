@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install the exact, pinned dependency set (requirements.lock).
+# Idempotent: a second run only checks the pins. Set PYTHON to choose the interpreter.
+# Offline CPU machines: `torch==2.13.0` resolves to the local CPU wheel; with internet and
+# no local wheel, add PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid CUDA.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python3.11}
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  "$PYTHON" -m venv "$ROOT/.venv"
+  "$ROOT/.venv/bin/python" -m pip install --quiet --upgrade "pip==26.3"
+fi
+"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
+echo "environment ready: $ROOT/.venv ($("$ROOT/.venv/bin/python" -c 'import flwr, torch; print("flwr", flwr.__version__, "torch", torch.__version__)'))"

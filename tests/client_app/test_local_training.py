@@ -1,0 +1,101 @@
+import torch
+import torch.nn.functional as F
+
+from client_app.local_training import (GlobalView, LocalHyper, evaluate_local, fused_tables,
+                                       train_local)
+from common.metrics import mask_scores, ranking_metric_sums
+
+NUM_USERS, NUM_ITEMS, DIM = 30, 40, 8
+
+
+def _group_split(seed=0):
+    """Users in 2 groups; group g likes items g*20 .. g*20+19: 14 known, 6 held out per user."""
+    gen = torch.Generator().manual_seed(seed)
+    known, held = [], []
+    for u in range(NUM_USERS):
+        order = torch.randperm(20, generator=gen) + (u % 2) * 20
+        known += [(u, int(i)) for i in order[:14]]
+        held += [(u, int(i)) for i in order[14:]]
+    return torch.tensor(known), torch.tensor(held)
+
+
+def _pairs():
+    return _group_split()[0]
+
+
+def _view(item_emb, user_graph=None, shares=None, item_graph=None, negatives=None):
+    user_graph = torch.zeros(NUM_USERS, DIM) if user_graph is None else user_graph
+    shares = torch.zeros(NUM_USERS, dtype=torch.bool) if shares is None else shares
+    return GlobalView(item_emb, item_graph, user_graph, shares, negatives)
+
+
+def _hp(**kw):
+    base = dict(epochs=20, lr=0.05, batch_size=64, reg=0.0, cl_weight=0.0, cl_temperature=0.5)
+    return LocalHyper(**{**base, **kw})
+
+
+def test_update_reports_touched_rows_with_counts():
+    torch.manual_seed(0)
+    pairs = _pairs()
+    update = train_local(0.1 * torch.randn(NUM_USERS, DIM), pairs,
+                         _view(0.1 * torch.randn(NUM_ITEMS, DIM)), _hp(epochs=2), seed=1)
+    assert set(pairs[:, 1].tolist()) <= set(update.index.tolist())
+    assert update.counts.sum() == 2 * 2 * len(pairs)  # one positive + one negative per sample
+    assert update.values.shape == (len(update.index), DIM) and update.num_examples == 2 * len(pairs)
+
+
+def test_training_learns_the_group_structure():
+    torch.manual_seed(0)
+    pairs, truth = _group_split()
+    view = _view(0.1 * torch.randn(NUM_ITEMS, DIM))
+    update = train_local(0.1 * torch.randn(NUM_USERS, DIM), pairs, view, _hp(), seed=0)
+    trained = _view(view.item_emb.clone().index_copy_(0, torch.from_numpy(update.index),
+                                                      torch.from_numpy(update.values)))
+    sums = evaluate_local(update.user_emb, trained, pairs, truth)
+    assert sums["recall@10"] / sums["num-users"] > 0.8  # a random ranking gives 10/26
+
+
+def test_evaluation_is_additive_over_partitions_and_matches_direct_metrics():
+    torch.manual_seed(1)
+    users, items = torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM)
+    known, truth = _pairs()[::3], _pairs()[1::3]
+    view = _view(items)
+    whole = evaluate_local(users, view, known, truth, batch_users=7)
+    direct = ranking_metric_sums(mask_scores(users @ items.T, known[:, 0], known[:, 1]),
+                                 truth[:, 0], truth[:, 1])
+    assert whole.keys() == direct.keys()
+    assert all(abs(whole[k] - direct[k]) < 1e-9 for k in whole)
+    half = NUM_USERS // 2
+    parts = []
+    for lo, hi in ((0, half), (half, NUM_USERS)):
+        sel_k = (known[:, 0] >= lo) & (known[:, 0] < hi)
+        sel_t = (truth[:, 0] >= lo) & (truth[:, 0] < hi)
+        shift = torch.tensor([lo, 0])
+        part_view = GlobalView(items, None, torch.zeros(hi - lo, DIM),
+                               torch.zeros(hi - lo, dtype=torch.bool), None)
+        parts.append(evaluate_local(users[lo:hi], part_view, known[sel_k] - shift, truth[sel_t] - shift))
+    assert all(abs(parts[0][k] + parts[1][k] - whole[k]) < 1e-9 for k in whole)
+
+
+def test_fusion_rules():
+    e_u, e_i, g_u, h_i = (torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM),
+                          torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM))
+    view = _view(e_i, user_graph=g_u, item_graph=h_i)
+    users, items = fused_tables(e_u, e_i, view, "sum")
+    assert torch.allclose(users @ items.T, (e_u + g_u) @ (e_i + h_i).T, atol=1e-5)
+    users, items = fused_tables(e_u, e_i, view, "concat")
+    assert torch.allclose(users @ items.T, e_u @ e_i.T + g_u @ h_i.T, atol=1e-5)
+    users, items = fused_tables(e_u, e_i, _view(e_i), "sum")  # no graph: plain MF
+    assert torch.equal(users, e_u) and torch.equal(items, e_i)
+
+
+def test_alignment_pulls_sharing_users_towards_their_global_view():
+    torch.manual_seed(2)
+    pairs, start = _pairs(), 0.1 * torch.randn(NUM_USERS, DIM)
+    g_u = torch.randn(NUM_USERS, DIM)
+    shares = torch.arange(NUM_USERS) < 10
+    view = _view(0.1 * torch.randn(NUM_ITEMS, DIM), user_graph=g_u * shares[:, None], shares=shares)
+    cos = lambda upd: F.cosine_similarity(upd.user_emb[:10], g_u[:10]).mean()
+    plain = train_local(start, pairs, view, _hp(epochs=5), seed=3)
+    aligned = train_local(start, pairs, view, _hp(epochs=5, cl_weight=1.0), seed=3)
+    assert cos(aligned) > cos(plain) + 0.2
