@@ -7,6 +7,7 @@ acknowledgement) is kept in ``context.state``; the sharing ledger is on disk.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.ledger import Ledger
+from client_app.ledger import DONE, REFUSED, Ledger, update_ledger
 from client_app.local_training import GlobalView, LocalHyper, evaluate_local, train_local
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
 from common.config import RunConfig, load_config
+from common.sharing import scheduled_withdrawals
 from common.wire import from_record, to_record
 
 app = ClientApp()
@@ -45,13 +47,56 @@ def _acked_counts(context: Context, msg: Message) -> dict[int, int]:
 
 
 def _unsynced_users(ledger: Ledger, acked: dict[int, int]) -> list[int]:
-    """Users whose shared set the server does not (yet) hold in full."""
+    """Users whose shared set the server does not (yet) hold in full.
+
+    Users with a pending unshare request are left to ``query.unshare``."""
     counts = ledger.counts()
-    return sorted(u for u in counts.keys() | acked.keys() if counts.get(u, 0) != acked.get(u, 0))
+    waiting = {r.user for r in ledger.pending()}
+    return sorted(u for u in counts.keys() | acked.keys()
+                  if counts.get(u, 0) != acked.get(u, 0) and u not in waiting)
 
 
-def _user_table(context: Context, cfg: RunConfig, node: NodeData) -> torch.Tensor:
-    """Private user embeddings, initialised (seeded) on the node's first message of the run."""
+def _apply_unshare_acks(ledger: Ledger, msg: Message) -> Ledger:
+    """Resolve pending requests the server has acknowledged (done) or refused."""
+    if "unshare-ack" not in msg.content.array_records:
+        return ledger
+    ack = from_record(msg.content.array_records["unshare-ack"])
+    reasons = msg.content.config_records.get("unshare-reasons", {})
+    for request_id, refused in zip(ack["request"].tolist(), ack["refused"].tolist()):
+        ledger = ledger.resolve(int(request_id), REFUSED if refused else DONE,
+                                str(reasons.get(str(request_id), "")))
+    return ledger
+
+
+def _apply_schedule(ledger: Ledger, cfg: RunConfig, server_round: int) -> Ledger:
+    """Create the run config's scheduled unshare requests once, from ``unshare-round`` on."""
+    key = f"round-{cfg.unshare_round}"
+    if not cfg.unshare_round or server_round < cfg.unshare_round or key in ledger.schedules_applied:
+        return ledger
+    pairs = scheduled_withdrawals(ledger.shared_pairs(), cfg.unshare_user_fraction,
+                                  cfg.unshare_item_fraction, cfg.seed)
+    for user in np.unique(pairs[:, 0]).tolist():
+        ledger, _ = ledger.unshare(user, pairs[pairs[:, 0] == user, 1])
+    return replace(ledger, schedules_applied=ledger.schedules_applied + (key,))
+
+
+def _ledger(cfg: RunConfig, node: NodeData, state_dir: Path, msg: Message) -> Ledger:
+    """The node's ledger after this message's acknowledgements and due schedules."""
+    node_ledger(cfg, node, state_dir)  # created from the sharing policy on first use
+    server_round = int(msg.content.config_records["config"]["server-round"])
+    return update_ledger(state_dir, lambda ledger: _apply_schedule(
+        _apply_unshare_acks(ledger, msg), cfg, server_round))
+
+
+def _user_table(context: Context, cfg: RunConfig, node: NodeData, msg: Message) -> torch.Tensor:
+    """Private user embeddings, (re)initialised (seeded) on the node's first message of the
+    run and whenever the server starts a new model generation (``retrain`` unlearning)."""
+    generation = int(msg.content.config_records["config"].get("generation", 0))
+    state = context.state.config_records.get("node", ConfigRecord({"generation": 0}))
+    if int(state["generation"]) != generation:
+        context.state["node"] = ConfigRecord({"generation": generation})
+        if "user-emb" in context.state.array_records:
+            del context.state["user-emb"]
     if "user-emb" in context.state.array_records:
         return torch.from_numpy(from_record(context.state.array_records["user-emb"])["weight"])
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + node.partition_id)
@@ -77,11 +122,27 @@ def _global_view(msg: Message, node: NodeData) -> GlobalView:
     return GlobalView(item_emb, item_graph, user_graph, shares, negatives)
 
 
+@app.query("unshare")
+def unshare(msg: Message, context: Context) -> Message:
+    """Send every pending unshare request (one row per withdrawn pair)."""
+    cfg, node, state_dir = _setup(context)
+    pending = _ledger(cfg, node, state_dir, msg).pending()
+    request = np.concatenate([np.full(len(r.items), r.request_id) for r in pending] or [[]])
+    user = np.concatenate([np.full(len(r.items), r.user) for r in pending] or [[]])
+    item = np.concatenate([r.items for r in pending] or [[]])
+    content = RecordDict({
+        "unshare": to_record(request=request.astype(np.int64), user=user.astype(np.int64),
+                             item=item.astype(np.int64)),
+        "metrics": MetricRecord({"num-requests": len(pending), "num-pairs": len(item)}),
+    })
+    return Message(content, reply_to=msg)
+
+
 @app.query("share")
 def share(msg: Message, context: Context) -> Message:
     """Upload the shared pairs of every user the server does not hold in full."""
     cfg, node, state_dir = _setup(context)
-    ledger = node_ledger(cfg, node, state_dir)
+    ledger = _ledger(cfg, node, state_dir, msg)
     users = _unsynced_users(ledger, _acked_counts(context, msg))
     pairs = ledger.shared_pairs()
     pairs = pairs[np.isin(pairs[:, 0], users)]
@@ -98,19 +159,20 @@ def share(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local epochs over all the node's users; reply with the changed item rows."""
     cfg, node, state_dir = _setup(context)
-    acked = _acked_counts(context, msg)
-    pending = bool(_unsynced_users(node_ledger(cfg, node, state_dir), acked))
+    ledger = _ledger(cfg, node, state_dir, msg)
+    pending = bool(_unsynced_users(ledger, _acked_counts(context, msg)))
     server_round = int(msg.content.config_records["config"]["server-round"])
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
                     cfg.cl_temperature, cfg.fusion)
-    update = train_local(_user_table(context, cfg, node), node.train_local,
+    update = train_local(_user_table(context, cfg, node, msg), node.train_local,
                          _global_view(msg, node), hp,
                          seed=cfg.seed * 1_000_003 + server_round * 7919 + node.partition_id)
     context.state["user-emb"] = to_record(weight=update.user_emb.numpy())
     content = RecordDict({
         "update": to_record(index=update.index, values=update.values, counts=update.counts),
         "metrics": MetricRecord({"loss": update.loss, "num-examples": update.num_examples,
-                                 "pending-sharing": int(pending)}),
+                                 "pending-sharing": int(pending),
+                                 "pending-unshare": int(bool(ledger.pending()))}),
     })
     return Message(content, reply_to=msg)
 
@@ -118,12 +180,13 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank all items for every hosted user; reply with metric sums (test split)."""
-    cfg, node, _ = _setup(context)
+    cfg, node, state_dir = _setup(context)
     _acked_counts(context, msg)
+    _ledger(cfg, node, state_dir, msg)
     split = str(msg.content.config_records["config"].get("split", "test"))
     known = node.train_local if split == "valid" else \
         torch.cat([node.train_local, node.valid_local])
     truth = node.valid_local if split == "valid" else node.test_local
-    sums = evaluate_local(_user_table(context, cfg, node), _global_view(msg, node), known, truth,
+    sums = evaluate_local(_user_table(context, cfg, node, msg), _global_view(msg, node), known, truth,
                           cfg.fusion)
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

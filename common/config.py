@@ -68,7 +68,17 @@ class RunConfig(BaseModel):
     server_lr: float = Field(0.01, gt=0.0)
     server_epochs: float = Field(1.0, ge=0.0)
     server_batch_size: int = Field(2048, ge=1)
-    snapshot_rounds: str = "0"
+    snapshot_rounds: str = "0,5,10"
+    # unsharing and unlearning
+    unlearning_method: Literal["contrastive", "naive", "retrain"] = "contrastive"
+    unlearn_rounds: int = Field(3, ge=0)
+    unlearn_hops: int = Field(1, ge=0, le=8)
+    unlearn_steps: int = Field(20, ge=0)
+    unlearn_weight: float = Field(1.0, ge=0.0)
+    unlearn_temperature: float = Field(0.2, gt=0.0)
+    unshare_round: int = Field(0, ge=0)
+    unshare_user_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    unshare_item_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # where things go
     state_dir: str = ".fedshare-state"
     out_dir: str = "results"

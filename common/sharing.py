@@ -111,3 +111,22 @@ def shared_pairs(train: np.ndarray, ratio: float, distribution: str, seed: int,
                              "that are not among their training interactions")
         mask[rows] = np.isin(train[rows, 1], items)
     return train[mask]
+
+
+_SALT_WITHDRAW_USER = 0x5EED_0003
+_SALT_WITHDRAW_ITEM = 0x5EED_0004
+
+
+def scheduled_withdrawals(shared: np.ndarray, user_fraction: float, item_fraction: float,
+                          seed: int) -> np.ndarray:
+    """The ``(m, 2)`` shared pairs withdrawn by a scheduled (experimental) unshare.
+
+    A sharing user withdraws with probability ``user_fraction`` (hash of ``(seed, user)``);
+    a withdrawing user withdraws ``round(item_fraction * |S_u|)`` of their shared pairs."""
+    if len(shared) == 0:
+        return shared
+    users = np.unique(shared[:, 0])
+    chosen = users[hash_uniform(seed, _SALT_WITHDRAW_USER, users) < user_fraction]
+    candidates = shared[np.isin(shared[:, 0], chosen)]
+    ratios = {int(u): item_fraction for u in chosen}
+    return candidates[select_shared(candidates, ratios, seed ^ _SALT_WITHDRAW_ITEM)]

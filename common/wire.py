@@ -4,6 +4,10 @@ This is the only module under ``common/`` that knows Flower's record types.
 
 Per round, for each sampled node (see docs/protocol.md):
 
+* ``query.unshare`` server -> node: (nothing but acks and config); node -> server: ``unshare``
+  (pending requests, one row per withdrawn pair: ``request``, ``user``, ``item``) + ``metrics``.
+  The server answers in its next message to the node with ``unshare-ack`` (``request``,
+  ``refused``) and ``unshare-reasons`` -- only after it has persisted the deletion.
 * ``query.share``  server -> node: ``ack`` (the server's stored edge count per user of this node);
   node -> server: ``share`` (newly shared ``user``/``item`` pairs) + ``metrics``.
 * ``train``        server -> node: ``items`` (global item table), ``graph`` (server graph item
@@ -20,6 +24,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 SHARE = "query.share"
+UNSHARE = "query.unshare"
 TRAIN = "train"
 EVALUATE = "evaluate"
 

@@ -52,6 +52,24 @@ class EdgeStore:
         return EdgeStore(self.num_users, self.num_items, self.user[keep], self.item[keep],
                          self.round[keep])
 
+    def _positions(self, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = _keys(self.user, self.item, self.num_items)
+        query = _keys(np.asarray(user), np.asarray(item), self.num_items)
+        pos = np.clip(np.searchsorted(keys, query), 0, max(len(keys) - 1, 0))
+        found = (keys[pos] == query) if len(keys) else np.zeros(len(query), bool)
+        return pos, found
+
+    def count_pairs(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Boolean per queried pair: is it stored?"""
+        return self._positions(user, item)[1]
+
+    def rounds_of(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Round each queried (stored) pair entered the graph."""
+        pos, found = self._positions(user, item)
+        if not found.all():
+            raise KeyError("some pairs are not stored")
+        return self.round[pos]
+
     def count_by_user(self, users: np.ndarray) -> np.ndarray:
         """Number of stored edges of each of ``users``."""
         return np.searchsorted(self.user, users, "right") - np.searchsorted(self.user, users, "left")

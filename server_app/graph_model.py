@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -45,7 +46,7 @@ class ServerGraphModel:
             .requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.user_weight, self.item_weight], lr=hp.lr)
 
-    def _batch_loss(self, graph: Graph, user_index, pos, neg, targets) -> torch.Tensor:
+    def _batch_loss(self, graph: Graph, user_index, pos, neg, targets, extra) -> torch.Tensor:
         users, items = lightgcn_propagate(self.user_weight, self.item_weight, graph,
                                           self.hp.num_layers)
         u_vec = users[user_index]
@@ -56,26 +57,34 @@ class ServerGraphModel:
             batch_items = torch.unique(pos)
             loss = loss + self.hp.cl_weight * info_nce(items[batch_items], targets[batch_items],
                                                        None, self.hp.cl_temperature)
+        if extra is not None:
+            loss = loss + extra(users, items)
         return loss
 
-    def train(self, graph: Graph, pairs: torch.Tensor, targets: torch.Tensor | None) -> float:
-        """``hp.epochs`` passes of mini-batch BPR over the shared ``pairs`` ((E, 2) [user, item])."""
-        if len(pairs) == 0 or self.hp.epochs <= 0:
+    def train(self, graph: Graph, pairs: torch.Tensor, targets: torch.Tensor | None,
+              extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+              steps: int | None = None) -> float:
+        """Mini-batch BPR over the shared ``pairs`` ((E, 2) [user, item]): ``hp.epochs``
+        passes, or exactly ``steps`` batches when given.
+
+        ``extra(users, items)`` adds a term computed from the propagated tables (unlearning)."""
+        if len(pairs) == 0 or (steps is None and self.hp.epochs <= 0) or steps == 0:
             return 0.0
-        num_samples = math.ceil(self.hp.epochs * len(pairs))
+        num_samples = math.ceil(self.hp.epochs * len(pairs)) if steps is None \
+            else steps * self.hp.batch_size
         repeats = math.ceil(num_samples / len(pairs))
         order = torch.cat([torch.randperm(len(pairs), generator=self.generator)
                            for _ in range(repeats)])[:num_samples]
         num_items = self.item_weight.shape[0]
-        total, steps = 0.0, 0
+        total, count = 0.0, 0
         for batch in order.split(self.hp.batch_size):
             neg = torch.randint(num_items, (len(batch),), generator=self.generator)
-            loss = self._batch_loss(graph, pairs[batch, 0], pairs[batch, 1], neg, targets)
+            loss = self._batch_loss(graph, pairs[batch, 0], pairs[batch, 1], neg, targets, extra)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        return total / steps
+            total, count = total + loss.item(), count + 1
+        return total / count
 
     def views(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         """Global views ``(h_u (U, d), h_i (I, d))``; rows of nodes with no shared edge are zero
@@ -87,6 +96,24 @@ class ServerGraphModel:
             users = users * (degree[: graph.num_users] > 0).unsqueeze(1)
             items = items * (degree[graph.num_users:] > 0).unsqueeze(1)
         return users, items
+
+    def propagated(self, graph: Graph | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unmasked propagated tables (what the model remembers), for forgetting metrics."""
+        with torch.no_grad():
+            if graph is None:
+                return self.user_weight.detach().clone(), self.item_weight.detach().clone()
+            return lightgcn_propagate(self.user_weight, self.item_weight, graph, self.hp.num_layers)
+
+    def state_dict(self) -> dict:
+        return {"user": self.user_weight.detach(), "item": self.item_weight.detach(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.user_weight.copy_(state["user"])
+            self.item_weight.copy_(state["item"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
 
     def tables(self) -> dict[str, torch.Tensor]:
         """A detached copy of ``Z`` (what a snapshot stores)."""

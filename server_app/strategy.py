@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -22,11 +22,11 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from common.config import RunConfig
 from common.graph import build_graph
 from common.metrics import finalize
-from common.wire import EVALUATE, SHARE, TRAIN, content_bytes, to_record
+from common.wire import EVALUATE, SHARE, TRAIN, UNSHARE, content_bytes, to_record
 from server_app.aggregation import aggregate_rows
-from server_app.graph_model import ServerGraphModel, ServerHyper
-from server_app.state import Catalog, ServerState
-from server_app.validation import ReplyError, parse_evaluate, parse_share, parse_train
+from server_app.state import ServerState
+from server_app.unlearning import unlearning_loss
+from server_app.validation import ReplyError, parse_evaluate, parse_train, parse_unshare
 
 log = logging.getLogger("flwr.fedshare")
 Tap = Callable[[str, Message], None]
@@ -40,6 +40,7 @@ class PhaseStats:
     sent: int = 0
     ok: int = 0
     rows_up: int = 0
+    withdrawn: int = 0
     rejected: list[str] = field(default_factory=list)
 
 
@@ -80,10 +81,50 @@ class FedShareStrategy:
         return good
 
     def _message(self, node: int, kind: str, content: RecordDict, rnd: int) -> Message:
-        content["config"] = ConfigRecord({"server-round": rnd})
+        content["config"] = ConfigRecord({"server-round": rnd, "generation": self.state.generation})
+        acks = self.state.take_acks(node)
+        if acks:
+            content["unshare-ack"] = to_record(
+                request=np.array([a.request_id for a in acks], np.int64),
+                refused=np.array([int(a.refused) for a in acks], np.int64))
+            content["unshare-reasons"] = ConfigRecord({str(a.request_id): a.reason
+                                                       for a in acks if a.refused})
         return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
 
     # ---------------------------------------------------------------- phases
+    def unshare_phase(self, grid, nodes: list[int], rnd: int) -> PhaseStats:
+        """Collect pending unshare requests; erase at once; start unlearning."""
+        stats, start = PhaseStats(), time.perf_counter()
+        state = self.state
+        targets = [n for n in nodes if n in state.unshare_nodes or n not in state.seen_nodes]
+        if state.catalog is None:
+            targets = []  # nothing can have been shared yet
+        messages = [self._message(n, UNSHARE, RecordDict(), rnd) for n in targets]
+        removed = []
+        for node, reply in self._exchange(grid, messages, "unshare", stats):
+            try:
+                requests = parse_unshare(reply, state.catalog.num_users, state.catalog.num_items)
+            except ReplyError as exc:
+                stats.rejected.append(f"node {node}: unshare rejected: {exc}")
+                continue
+            removed.append(state.apply_unshares(node, requests, rnd))
+            for outcome in state.pending_acks.get(node, []):
+                if outcome.refused:
+                    stats.rejected.append(f"node {node}: unshare request {outcome.request_id} "
+                                          f"refused: {outcome.reason}")
+            stats.ok += 1
+        pairs = np.concatenate(removed) if removed else np.zeros((0, 2), np.int64)
+        if len(pairs):
+            state.rebuild_graph_if_changed()
+            old_graph = state.graph
+            entered = state.remove_edges(pairs, rnd)
+            state.persist_edges()                # durable before any acknowledgement
+            state.start_unlearning(old_graph, pairs, entered)
+            stats.withdrawn = len(pairs)
+            del pairs, removed                   # no withdrawn pair is kept
+        stats.seconds = time.perf_counter() - start
+        return stats
+
     def share_phase(self, grid, nodes: list[int], rnd: int) -> PhaseStats:
         stats, start = PhaseStats(), time.perf_counter()
         targets = [n for n in nodes if n not in self.state.synced_nodes]
@@ -94,6 +135,7 @@ class FedShareStrategy:
                 stats.ok += 1
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: share rejected: {exc}")
+        self.state.persist_edges()
         stats.seconds = time.perf_counter() - start
         return stats
 
@@ -104,9 +146,28 @@ class FedShareStrategy:
         if state.graph is None or len(state.edges) == 0:
             return 0.0, 0.0
         targets = torch.from_numpy(state.item_emb) if self.cfg.cl_weight > 0 else None
-        loss = state.model.train(state.graph, torch.from_numpy(state.edges.pairs()), targets)
+        pairs = torch.from_numpy(state.edges.pairs())
+        loss = state.model.train(state.graph, pairs, targets)
+        unlearning = self._unlearning_term()
+        if unlearning is not None:  # dedicated steps: BPR on the remaining edges + unlearning
+            state.model.train(state.graph, pairs, targets, unlearning, steps=self.cfg.unlearn_steps)
         state.refresh_views()
         return loss, time.perf_counter() - start
+
+    def _unlearning_term(self):
+        """The contrastive unlearning loss while a task is running (METHOD.md §4), else None."""
+        task = self.state.unlearning
+        if task is None or task.rounds_left <= 0:
+            return None
+        cfg, generator = self.cfg, self.state.model.generator
+        return lambda users, items: cfg.unlearn_weight * unlearning_loss(
+            task, users, items, cfg.unlearn_temperature, generator, cfg.server_batch_size)
+
+    def _advance_unlearning(self) -> None:
+        task = self.state.unlearning
+        if task is not None:
+            task = replace(task, rounds_left=task.rounds_left - 1)
+            self.state.unlearning = task if task.rounds_left > 0 else None
 
     def train_phase(self, grid, nodes: list[int], rnd: int) -> tuple[PhaseStats, float]:
         stats, start = PhaseStats(), time.perf_counter()
@@ -124,7 +185,8 @@ class FedShareStrategy:
             stats.rows_up += len(update.index)
             losses.append(metrics.loss)
             weights.append(metrics.num_examples)
-            self.state.mark_pending(node, bool(metrics.pending_sharing))
+            self.state.mark_pending(node, bool(metrics.pending_sharing),
+                                    bool(metrics.pending_unshare))
             stats.ok += 1
         if updates:
             self.state.item_emb = aggregate_rows(self.state.item_emb, updates)
@@ -190,33 +252,39 @@ class FedShareStrategy:
         """One round; returns its record (also appended to ``state.history``)."""
         all_nodes = sorted(grid.get_node_ids())
         nodes = self.sample(all_nodes)
+        self.state.round = rnd
+        unshare = self.unshare_phase(grid, nodes, rnd)
         share = self.share_phase(grid, nodes, rnd)
         if self.state.catalog is None:
             log.warning("round %d: no node reported its catalog yet; skipping", rnd)
             return {"round": rnd, "skipped": True}
         edges_before = self.state.edges_version
         self.state.rebuild_graph_if_changed()
+        unlearning = self.state.unlearning is not None
         server_loss, server_seconds = self.graph_phase()
+        self._advance_unlearning()
         train, train_loss = self.train_phase(grid, nodes, rnd)
         record = {
             "round": rnd, "nodes_sampled": len(nodes), "train_loss": train_loss,
             "server_loss": server_loss, "shared_edges": len(self.state.edges),
             "graph_changed": self.state.edges_version != edges_before,
-            "phases": {"share": _phase_dict(share), "train": _phase_dict(train),
-                       "graph": {"seconds": server_seconds}},
+            "generation": self.state.generation, "unlearning": unlearning,
+            "phases": {"unshare": _phase_dict(unshare), "share": _phase_dict(share),
+                       "train": _phase_dict(train), "graph": {"seconds": server_seconds}},
         }
         if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
             evaluation, metrics = self.evaluate_phase(grid, all_nodes, rnd)
             record["phases"]["evaluate"] = _phase_dict(evaluation)
             record["metrics"] = metrics
         self.state.maybe_snapshot(rnd, self.cfg.snapshot_round_list)
+        self.state.save()
         return record
 
 
 def _phase_dict(stats: PhaseStats) -> dict:
     return {"seconds": round(stats.seconds, 4), "bytes_down": stats.bytes_down,
             "bytes_up": stats.bytes_up, "sent": stats.sent, "ok": stats.ok,
-            "rows_up": stats.rows_up,
+            "rows_up": stats.rows_up, "withdrawn": stats.withdrawn,
             "rejected": stats.rejected}
 
 

@@ -36,6 +36,13 @@ class TrainMetrics(BaseModel):
     loss: float
     num_examples: int = Field(alias="num-examples", ge=0)
     pending_sharing: int = Field(alias="pending-sharing", ge=0, le=1)
+    pending_unshare: int = Field(alias="pending-unshare", ge=0, le=1)
+
+
+class UnshareMetrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_requests: int = Field(alias="num-requests", ge=0)
+    num_pairs: int = Field(alias="num-pairs", ge=0)
 
 
 def _metrics(msg: Message, schema: type[BaseModel]) -> BaseModel:
@@ -123,3 +130,32 @@ def parse_evaluate(msg: Message) -> dict[str, float]:
     if not all(math.isfinite(v) and 0 <= v <= max(users, 0) + 1e-6 for v in values.values()):
         raise ReplyError("metric sums out of range")
     return values
+
+
+def parse_unshare(msg: Message, num_users: int, num_items: int) -> dict[int, tuple[int, np.ndarray]]:
+    """``{request_id: (user, items)}`` of a ``query.unshare`` reply.
+
+    Structural problems reject the whole reply; a request naming several users is rejected
+    too (a request belongs to one user). Whether the pairs were shared is decided later,
+    per request, against the edge store."""
+    metrics = _metrics(msg, UnshareMetrics)
+    record = _record(msg, "unshare")
+    request = _array(record, "request", "int64", 1)
+    user = _array(record, "user", "int64", 1)
+    item = _array(record, "item", "int64", 1)
+    if not (len(request) == len(user) == len(item) == metrics.num_pairs):
+        raise ReplyError("unshare arrays and num-pairs disagree")
+    if len(user) > MAX_SHARE_PAIRS:
+        raise ReplyError(f"oversized unshare ({len(user)} pairs)")
+    check_ids("user", user, num_users)
+    check_ids("item", item, num_items)
+    requests = {}
+    for request_id in np.unique(request):
+        rows = request == request_id
+        users = np.unique(user[rows])
+        if len(users) != 1:
+            raise ReplyError(f"unshare request {request_id} names several users")
+        requests[int(request_id)] = (int(users[0]), np.unique(item[rows]))
+    if len(requests) != metrics.num_requests:
+        raise ReplyError("unshare num-requests disagrees with the arrays")
+    return requests

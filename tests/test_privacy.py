@@ -19,7 +19,8 @@ ALLOWED = {  # phase -> record name -> allowed array/metric/config keys
     "share": {"share": {"user", "item"}, "metrics": {"num-pairs", "num-users", "num-items"},
               "catalog": {"fingerprint"}},
     "train": {"update": {"index", "values", "counts"},
-              "metrics": {"loss", "num-examples", "pending-sharing"}},
+              "metrics": {"loss", "num-examples", "pending-sharing", "pending-unshare"}},
+    "unshare": {"unshare": {"request", "user", "item"}, "metrics": {"num-requests", "num-pairs"}},
     "evaluate": {"metrics": {"num-users"} | {f"{m}@{k}" for m in ("recall", "ndcg")
                                               for k in (10, 20, 50)}},
 }

@@ -33,5 +33,5 @@ def test_corrupt_ledger_is_named(tmp_path):
 
 def test_written_atomically_without_temp_leftovers(tmp_path):
     load_or_create_ledger(tmp_path, "p1", lambda: PAIRS)
-    assert [p.name for p in tmp_path.iterdir()] == [LEDGER_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ledger.lock", LEDGER_FILE]
     assert json.loads((tmp_path / LEDGER_FILE).read_text())["policy"] == "p1"

@@ -13,7 +13,8 @@ GOOD_INDEX = np.array([0, 3], np.int64)
 def _train_reply(index=GOOD_INDEX, values=None, counts=None, metrics=None):
     values = np.ones((len(index), 4), np.float32) if values is None else values
     counts = np.ones(len(index), np.float32) if counts is None else counts
-    metrics = metrics or {"loss": 0.5, "num-examples": 10, "pending-sharing": 0}
+    metrics = metrics or {"loss": 0.5, "num-examples": 10, "pending-sharing": 0,
+                          "pending-unshare": 0}
     return Message(RecordDict({"update": to_record(index=index, values=values, counts=counts),
                                "metrics": MetricRecord(metrics)}), dst_node_id=1, message_type="train")
 
@@ -30,7 +31,7 @@ def test_good_train_reply_parses():
     ({"index": np.array([0, 9], np.int64)}, "out of range"),
     ({"index": np.array([3, 3], np.int64)}, "duplicate"),
     ({"counts": np.array([1, 0], np.float32)}, "non-positive"),
-    ({"metrics": {"loss": 0.5, "num-examples": 10}}, "pending-sharing"),
+    ({"metrics": {"loss": 0.5, "num-examples": 10, "pending-unshare": 0}}, "pending-sharing"),
 ])
 def test_bad_train_reply_rejected_with_reason(kwargs, reason):
     with pytest.raises(ReplyError, match=reason):

@@ -1,0 +1,217 @@
+"""Unlearning benchmark: learn, withdraw, then unlearn with each method and compare.
+
+    python bench/unlearning.py --dataset ml-100k --out bench/out/unlearning-ml-100k.json
+
+Learning phase: ``--learn-rounds`` FedShare rounds (every node sampled) with the real
+ServerApp strategy and ClientApp handlers (bench/inprocess.py). Then, for each scenario
+(``users-all``: 10 % of sharing users withdraw everything; ``random-30``: 30 % of every
+user's shared interactions), unshare requests are written into the nodes' ledgers exactly
+as the CLI does, and each method runs on its own copy of the learned federation:
+
+* ``contrastive`` / ``naive``: ``--unlearn-rounds`` further rounds (the first one carries
+  the requests);
+* ``retrain``: the server starts a new model generation on the remaining shared data
+  (clients reset their user rows) and trains ``--learn-rounds`` rounds from scratch.
+
+Rows: ``{scenario, method, recall@20, ndcg@20, withdrawn_mean_rank, shared_mean_rank,
+never_seen_mean_rank, mia_auc, unlearn_seconds, retrain_seconds, storage_bytes,
+fru_storage_bytes}``; ranks and the membership attack use the server (global) model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common_args import print_table, write_json  # noqa: E402
+from bench.inprocess import InProcessGrid  # noqa: E402
+from client_app.ledger import read_ledger, update_ledger  # noqa: E402
+from common.config import RunConfig, load_config  # noqa: E402
+from common.datasets import load_dataset  # noqa: E402
+from common.manifest import run_manifest  # noqa: E402
+from common.forgetting import membership_auc, pair_ranks, sample_never_seen  # noqa: E402
+from common.sharing import scheduled_withdrawals  # noqa: E402
+from server_app.state import ServerState  # noqa: E402
+from server_app.strategy import FedShareStrategy  # noqa: E402
+from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  # noqa: E402
+
+SCENARIOS = {"users-all": (0.1, 1.0), "random-30": (1.0, 0.3)}
+COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
+           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "unlearn_seconds",
+           "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
+
+
+@dataclass
+class Session:
+    """A federation in one process: server state + strategy + nodes (+ their state dirs)."""
+
+    workdir: Path
+    grid: InProcessGrid
+    state: ServerState
+    strategy: FedShareStrategy
+    history: list
+    next_round: int = 1
+
+    def run_rounds(self, count: int) -> list[dict]:
+        records = []
+        for _ in range(count):
+            start = time.perf_counter()
+            record = self.strategy.run_round(self.grid, self.next_round)
+            record["seconds"] = time.perf_counter() - start
+            records.append(record)
+            self.next_round += 1
+        self.history += records
+        return records
+
+    def node_dirs(self) -> list[Path]:
+        return [Path(c.node_config["state-dir"]) for c in self.grid.contexts.values()]
+
+
+def new_session(cfg: RunConfig, nodes: int, workdir: Path) -> Session:
+    dirs = [str(workdir / "nodes" / f"node-{p}") for p in range(nodes)]
+    grid = InProcessGrid(cfg.as_dict(), nodes, node_state_dirs=dirs)
+    state = ServerState(cfg, workdir / "server")
+    return Session(workdir, grid, state, FedShareStrategy(cfg, state), [])
+
+
+def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
+    """An independent copy (memory and state directories) running under ``cfg``."""
+    shutil.copytree(session.workdir, workdir)
+    graph, version = session.state.graph, session.state._graph_version
+    session.state.graph, session.state._graph_version = None, -1  # sparse CSR can't deepcopy
+    grid, state = copy.deepcopy(session.grid), copy.deepcopy(session.state)
+    session.state.graph, session.state._graph_version = graph, version
+    state.rebuild_graph_if_changed()
+    for pid, context in enumerate(grid.contexts.values()):
+        context.node_config["state-dir"] = str(workdir / "nodes" / f"node-{pid}")
+    state.cfg, state.state_dir = cfg, workdir / "server"
+    strategy = FedShareStrategy(cfg, state)
+    strategy.rng = copy.deepcopy(session.strategy.rng)
+    return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
+
+
+def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int) -> np.ndarray:
+    """Write the scenario's unshare requests into every node's ledger (as the CLI does)."""
+    withdrawn = []
+    for node_dir in session.node_dirs():
+        pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
+                                      item_fraction, seed)
+        for user in np.unique(pairs[:, 0]).tolist():
+            update_ledger(node_dir, lambda ledger: ledger.unshare(user, pairs[pairs[:, 0] == user, 1])[0])
+        withdrawn.append(pairs)
+    # The nodes would flag the requests in their next train reply; flag them now so that the
+    # next round carries them (saves one round per method in the benchmark).
+    session.state.unshare_nodes |= set(session.grid.get_node_ids())
+    return np.concatenate(withdrawn)
+
+
+def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
+    """Ranks of withdrawn / still-shared / never-seen pairs under the server model, and the
+    membership-inference AUC on the withdrawn pairs."""
+    state = session.state
+    users, items = state.model.propagated(state.graph)
+    shared = state.edges.pairs()
+    rng = np.random.default_rng(seed)
+    everything = np.concatenate([ds.train, ds.valid, ds.test])
+    wusers = np.unique(withdrawn[:, 0])
+    never = sample_never_seen(everything, wusers, 10, ds.num_items, seed)
+    still = shared[rng.choice(len(shared), min(len(shared), 2000), replace=False)]
+    members = shared[rng.choice(len(shared), min(len(shared), 4000), replace=False)]
+    sharing_users = np.unique(shared[:, 0])
+    non_members = sample_never_seen(everything, sharing_users, 4, ds.num_items, seed + 1)
+    target_neg = sample_never_seen(everything, wusers, 10, ds.num_items, seed + 2)
+    return {
+        "withdrawn_mean_rank": float(pair_ranks(users, items, withdrawn, shared).mean()),
+        "shared_mean_rank": float(pair_ranks(users, items, still, shared).mean()),
+        "never_seen_mean_rank": float(pair_ranks(users, items, never, shared).mean()),
+        "mia_auc": membership_auc(users, items, members, non_members, withdrawn, target_neg),
+    }
+
+
+def unlearn_seconds(records: list[dict], method: str) -> float:
+    """Server-side time from the requests to a model considered unlearned."""
+    if method == "retrain":
+        return sum(r["seconds"] for r in records)
+    total = records[0]["phases"]["unshare"]["seconds"]
+    if method == "contrastive":
+        total += sum(r["phases"]["graph"]["seconds"] for r in records if r["unlearning"])
+    return total
+
+
+def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, args, ds,
+               scratch: Path) -> dict:
+    session = clone(learned, scratch / f"{scenario}-{method}", cfg.model_copy(
+        update={"unlearning_method": method}))
+    user_fraction, item_fraction = SCENARIOS[scenario]
+    withdrawn = withdraw(session, user_fraction, item_fraction, args.seed)
+    rounds = args.learn_rounds if method == "retrain" else args.unlearn_rounds
+    records = session.run_rounds(rounds)
+    _, metrics = session.strategy.evaluate_phase(session.grid, list(session.grid.get_node_ids()),
+                                                 session.next_round - 1)
+    row = {"scenario": scenario, "method": method, "withdrawn_pairs": len(withdrawn),
+           "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
+           **forgetting(session, ds, withdrawn, args.seed),
+           "unlearn_seconds": unlearn_seconds(records, method),
+           "storage_bytes": unlearning_storage_bytes(session.state.snapshots, len(session.state.edges)),
+           "fru_storage_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--learn-rounds", type=int, default=10)
+    parser.add_argument("--unlearn-rounds", type=int, default=3)
+    parser.add_argument("--max-users", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra run-config values, e.g. unlearn-hops=0")
+    args = parser.parse_args()
+    extra = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        extra[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="fedshare-unlearning-"))
+    cfg = load_config({"dataset": args.dataset, "fraction-train": 1.0, "eval-every": 0,
+                       "num-rounds": args.learn_rounds + args.unlearn_rounds,
+                       "unlearn-rounds": args.unlearn_rounds, "max-users": args.max_users,
+                       "snapshot-rounds": f"0,{args.learn_rounds // 2}", "seed": args.seed,
+                       "torch-threads": args.threads, "state-dir": str(scratch / "unused"),
+                       "out-dir": str(scratch / "out"), **extra})
+    ds = load_dataset(cfg.dataset, max_users=cfg.max_users or None)
+    learned = new_session(cfg, args.nodes, scratch / "learned")
+    learned.run_rounds(args.learn_rounds)
+    rows = []
+    for scenario in SCENARIOS:
+        for method in ("retrain", "naive", "contrastive"):
+            rows.append(run_method(learned, cfg, method, scenario, args, ds, scratch))
+            print_table(rows[-1:], COLUMNS)
+        retrain_seconds = rows[-3]["unlearn_seconds"]
+        for row in rows[-3:]:
+            row["retrain_seconds"] = retrain_seconds
+    manifest = run_manifest({**cfg.as_dict(), "bench": vars(args)}, args.seed, ds.fingerprint)
+    for row in rows:
+        row["manifest"] = manifest
+    print()
+    print_table(rows, COLUMNS)
+    write_json(args.out, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+#!/usr/bin/env bash
+# A real local Flower federation for FedShare: one SuperLink and N SuperNodes on 127.0.0.1.
+#
+#   deploy/federation.sh [options] start          start SuperLink + SuperExecs + N SuperNodes
+#   deploy/federation.sh [options] run [OVERRIDES] `flwr run . <conn> --stream` against it
+#   deploy/federation.sh [options] stop           stop every process it started, by PID
+#   deploy/federation.sh [options] status         what is running, the connection config
+#   deploy/federation.sh [options] print-commands the commands `start` runs (no side effects)
+#
+# Options (environment variable in brackets; the values of the last `start` are recorded in
+# <run-dir>/federation.env and reused by every later command on that run folder, so after the
+# first `start` only --run-dir matters; options given again win):
+#   --mode insecure|tls|tls-auth  [MODE, insecure]  tls: server cert from deploy/certs.sh;
+#                                 tls-auth: TLS + SuperNode authentication (EC key per node,
+#                                 registered with `flwr supernode register` before start)
+#   --nodes N                     [NODES, 3]         SuperNodes; node i: partition-id=i, num-partitions=N
+#   --superlink-port P            [SUPERLINK_PORT, 8000]  SuperLink HTTP port (Fleet, Control, Runtime API)
+#   --node-port-base P            [NODE_PORT_BASE, 9094]  SuperNode i's Runtime API port: P+i
+#   --isolation process|subprocess [ISOLATION, process]  process: this script starts one
+#                                 flower-superexec per SuperLink/SuperNode (as docker-compose.yml
+#                                 does); subprocess: Flower starts them itself
+#   --run-dir DIR                 [FED_RUN_DIR, <repo>/.federation]  PIDs, logs, SuperLink db, state
+#   --certs-dir DIR               [CERTS_DIR, <repo>/.certs]
+#   --keys-dir DIR                [KEYS_DIR, <run-dir>/keys]  SuperNode auth keys (tls-auth)
+#   --conn NAME                   [FED_CONN, fedshare]  connection name in $FLWR_HOME/config.toml
+#   --print-commands              same as the print-commands subcommand
+# Other environment: FLWR_HOME (default <run-dir>/flwr-home), VENV (default <repo>/.venv),
+# FEDSHARE_DATA_DIR, FEDSHARE_STATE_DIR (default <run-dir>/state), FEDSHARE_OUT_DIR
+# (default <repo>/results), START_TIMEOUT (s, default 90), STOP_TIMEOUT (s, default 15).
+#
+# Offline-safe: FLWR_DISABLE_UPDATE_CHECK=1 and FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+# are exported, and the SuperLink gets --disable-runtime-dependency-installation (no `uv sync`
+# of the app's dependencies at run time: they are in the venv / the superexec image).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+export PATH="$VENV/bin:$PATH"
+export FLWR_DISABLE_UPDATE_CHECK=1                     # offline: no call to api.flower.ai
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never `uv sync` app deps at run time
+HOST=127.0.0.1
+
+die() { echo "federation.sh: $*" >&2; exit 1; }
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+# ------------------------------------------------------------------ arguments
+MODE=${MODE:-}
+NODES=${NODES:-}
+SUPERLINK_PORT=${SUPERLINK_PORT:-}
+NODE_PORT_BASE=${NODE_PORT_BASE:-}
+ISOLATION=${ISOLATION:-}
+RUN_DIR=${FED_RUN_DIR:-$ROOT/.federation}
+CERTS_DIR=${CERTS_DIR:-}
+KEYS_DIR=${KEYS_DIR:-}
+CONN=${FED_CONN:-}
+CMD=""
+ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mode) MODE=${2:?--mode needs a value}; shift 2 ;;
+    --mode=*) MODE=${1#*=}; shift ;;
+    --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
+    --nodes=*) NODES=${1#*=}; shift ;;
+    --superlink-port) SUPERLINK_PORT=${2:?}; shift 2 ;;
+    --superlink-port=*) SUPERLINK_PORT=${1#*=}; shift ;;
+    --node-port-base) NODE_PORT_BASE=${2:?}; shift 2 ;;
+    --node-port-base=*) NODE_PORT_BASE=${1#*=}; shift ;;
+    --isolation) ISOLATION=${2:?}; shift 2 ;;
+    --isolation=*) ISOLATION=${1#*=}; shift ;;
+    --run-dir) RUN_DIR=${2:?}; shift 2 ;;
+    --run-dir=*) RUN_DIR=${1#*=}; shift ;;
+    --certs-dir) CERTS_DIR=${2:?}; shift 2 ;;
+    --certs-dir=*) CERTS_DIR=${1#*=}; shift ;;
+    --keys-dir) KEYS_DIR=${2:?}; shift 2 ;;
+    --keys-dir=*) KEYS_DIR=${1#*=}; shift ;;
+    --conn) CONN=${2:?}; shift 2 ;;
+    --conn=*) CONN=${1#*=}; shift ;;
+    --print-commands) CMD=print-commands; shift ;;
+    -h|--help|help) usage; exit 0 ;;
+    --) shift; ARGS+=("$@"); break ;;
+    start|run|stop|status|print-commands)
+      if [ -z "$CMD" ]; then CMD=$1; else ARGS+=("$1"); fi; shift ;;
+    *) if [ -n "$CMD" ]; then ARGS+=("$1"); shift; else usage >&2; die "unknown argument '$1'"; fi ;;
+  esac
+done
+[ -n "$CMD" ] || { usage >&2; exit 2; }
+RUN_DIR=$(realpath -m "$RUN_DIR")
+[ "$CMD" = print-commands ] || mkdir -p "$RUN_DIR"
+ENV_FILE="$RUN_DIR/federation.env"
+PID_DIR="$RUN_DIR/pids"
+LOG_DIR="$RUN_DIR/logs"
+
+# Every command but print-commands starts from what the last `start` recorded in the run
+# folder (so `start` after `stop` brings the same federation back on the same database);
+# options and environment variables given now win.
+SAVED_VARS="MODE NODES SUPERLINK_PORT NODE_PORT_BASE ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
+STATE_DIR=${FEDSHARE_STATE_DIR:-}
+if [ "$CMD" != print-commands ] && [ -f "$ENV_FILE" ]; then
+  declare -A _given=()
+  for _v in $SAVED_VARS; do _given[$_v]=${!_v:-}; done
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
+  for _v in $SAVED_VARS; do [ -z "${_given[$_v]}" ] || printf -v "$_v" '%s' "${_given[$_v]}"; done
+fi
+MODE=${MODE:-insecure}
+NODES=${NODES:-3}
+SUPERLINK_PORT=${SUPERLINK_PORT:-8000}
+NODE_PORT_BASE=${NODE_PORT_BASE:-9094}
+ISOLATION=${ISOLATION:-process}
+CERTS_DIR=${CERTS_DIR:-$ROOT/.certs}
+KEYS_DIR=${KEYS_DIR:-$RUN_DIR/keys}
+CONN=${CONN:-fedshare}
+export FLWR_HOME=${FLWR_HOME:-$RUN_DIR/flwr-home}
+STATE_DIR=${STATE_DIR:-$RUN_DIR/state}
+OUT_DIR=${FEDSHARE_OUT_DIR:-$ROOT/results}
+if [ -z "${FEDSHARE_DATA_DIR:-}" ]; then
+  FEDSHARE_DATA_DIR="$(dirname "$ROOT")/shared/data"
+fi
+export FEDSHARE_DATA_DIR
+
+case "$MODE" in insecure|tls|tls-auth) ;; *) die "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
+case "$ISOLATION" in process|subprocess) ;; *) die "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer (got '$NODES')"
+for p in "$SUPERLINK_PORT" "$NODE_PORT_BASE"; do
+  [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ $((p + NODES)) -le 65535 ] || die "bad port '$p'"
+done
+case "$CERTS_DIR" in /*) ;; *) CERTS_DIR="$(pwd)/$CERTS_DIR" ;; esac
+case "$KEYS_DIR" in /*) ;; *) KEYS_DIR="$(pwd)/$KEYS_DIR" ;; esac
+case "$FLWR_HOME" in /*) ;; *) FLWR_HOME="$(pwd)/$FLWR_HOME" ;; esac
+case "$STATE_DIR" in /*) ;; *) STATE_DIR="$(pwd)/$STATE_DIR" ;; esac
+CA="$CERTS_DIR/ca.crt"
+
+node_port() { echo $((NODE_PORT_BASE + $1)); }
+
+# ------------------------------------------------------------------ the commands
+# Every command line of the federation is built here, once; docker-compose.yml uses the same
+# flags (tests/deploy/test_compose.py compares them with `print-commands`).
+components() {   # names in start order
+  echo superlink
+  if [ "$ISOLATION" = process ]; then echo superexec-serverapp; fi
+  local i
+  for ((i = 0; i < NODES; i++)); do
+    echo "supernode-$i"
+    if [ "$ISOLATION" = process ]; then echo "superexec-clientapp-$i"; fi
+  done
+  return 0
+}
+
+command_of() {   # sets CMDLINE=(argv) for component $1
+  local name=$1 i
+  case "$name" in
+    superlink)
+      CMDLINE=(flower-superlink)
+      if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure)
+      else CMDLINE+=(--ssl-ca-certfile "$CA" --ssl-certfile "$CERTS_DIR/server.pem"
+                     --ssl-keyfile "$CERTS_DIR/server.key"); fi
+      CMDLINE+=(--isolation "$ISOLATION" --host "$HOST" --port "$SUPERLINK_PORT"
+                --database "$RUN_DIR/superlink.db" --disable-runtime-dependency-installation)
+      if [ "$MODE" = tls-auth ]; then CMDLINE+=(--enable-supernode-auth); fi
+      ;;
+    superexec-serverapp)
+      CMDLINE=(flower-superexec)
+      if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure); else CMDLINE+=(--root-certificates "$CA"); fi
+      CMDLINE+=(--runtime-api-address "$HOST:$SUPERLINK_PORT")
+      ;;
+    supernode-*)
+      i=${name#supernode-}
+      CMDLINE=(flower-supernode)
+      if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure); else CMDLINE+=(--root-certificates "$CA"); fi
+      CMDLINE+=(--superlink "$HOST:$SUPERLINK_PORT")
+      if [ "$MODE" = tls-auth ]; then CMDLINE+=(--auth-supernode-private-key "$KEYS_DIR/node-$i"); fi
+      CMDLINE+=(--isolation "$ISOLATION" --host "$HOST" --port "$(node_port "$i")"
+                --node-config "partition-id=$i num-partitions=$NODES state-dir=\"$STATE_DIR/node-$i\"")
+      ;;
+    superexec-clientapp-*)
+      i=${name#superexec-clientapp-}
+      # The SuperNode's own Runtime API (loopback, same host/container pair) is plain HTTP.
+      CMDLINE=(flower-superexec --insecure --runtime-api-address "$HOST:$(node_port "$i")")
+      ;;
+    *) die "unknown component $name" ;;
+  esac
+}
+
+marker_of() {    # a token of the component's command line that identifies our process
+  case "$1" in
+    superlink|supernode-*) command_of "$1"; local a prev=""
+      for a in "${CMDLINE[@]}"; do if [ "$prev" = --port ]; then echo "--port $a"; return 0; fi; prev=$a; done ;;
+    superexec-*) command_of "$1"; echo "${CMDLINE[*]: -1}" ;;
+  esac
+}
+
+print_commands() {
+  local name
+  while read -r name; do
+    command_of "$name"
+    printf '%s:' "$name"
+    printf ' %q' "${CMDLINE[@]}"
+    printf '\n'
+  done < <(components)
+}
+
+# ------------------------------------------------------------------ helpers
+alive() {   # pid exists and is not a zombie
+  local state
+  [ -r "/proc/$1/stat" ] || return 1
+  state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
+ours() {    # pid $1 is alive and its command line contains $2
+  alive "$1" && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
+descendants() {  # all live descendants of pid $1 (children first-level order)
+  local kids k
+  kids=$(pgrep -P "$1" 2>/dev/null || true)
+  for k in $kids; do echo "$k"; descendants "$k"; done
+}
+
+recorded() {     # "name pid marker" for every pid file
+  local f name
+  [ -d "$PID_DIR" ] || return 0
+  for f in "$PID_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    echo "$name $(sed -n 1p "$f") $(sed -n '2,$p' "$f")"
+  done
+}
+
+port_free() {    # can we bind HOST:$1 (as uvicorn does, SO_REUSEADDR)?
+  python - "$HOST" "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((sys.argv[1], int(sys.argv[2])))
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+}
+
+port_owner() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -nE 's/.*users:\(\("([^"]+)",pid=([0-9]+).*/\1 (pid \2)/p' | head -1
+}
+
+superlink_url() {
+  if [ "$MODE" = insecure ]; then echo "http://$HOST:$SUPERLINK_PORT"; else echo "https://$HOST:$SUPERLINK_PORT"; fi
+}
+
+superlink_healthy() {
+  local tls=()
+  [ "$MODE" = insecure ] || tls=(--cacert "$CA")
+  curl -sf -o /dev/null --max-time 2 "${tls[@]}" "$(superlink_url)/health"
+}
+
+write_connection() {   # [superlink.<CONN>] in $FLWR_HOME/config.toml (other tables kept)
+  mkdir -p "$FLWR_HOME"
+  python - "$FLWR_HOME/config.toml" "$CONN" "$HOST:$SUPERLINK_PORT" "$MODE" "$CA" <<'PY'
+import sys, tomllib, tomli_w
+from pathlib import Path
+path, conn, address, mode, ca = sys.argv[1:]
+p = Path(path)
+cfg = tomllib.loads(p.read_text()) if p.exists() else {}
+links = cfg.setdefault("superlink", {})
+links.setdefault("default", conn)
+links.setdefault("local", {"address": ":local:"})
+table = {"address": address}
+if mode == "insecure":
+    table["insecure"] = True
+else:
+    table["root-certificates"] = ca
+links[conn] = table
+tmp = p.with_suffix(".tmp")
+tmp.write_text(tomli_w.dumps(cfg))
+tmp.replace(p)
+PY
+}
+
+launch() {   # start component $1 in its own session, log to LOG_DIR, record the pid
+  local name=$1 pid
+  command_of "$name"
+  {
+    printf '### %s' "$(date -u +%FT%TZ)"; printf ' %q' "${CMDLINE[@]}"; printf '\n'
+  } >> "$LOG_DIR/$name.log"
+  setsid "${CMDLINE[@]}" >> "$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  pid=$!
+  printf '%s\n%s\n' "$pid" "$(marker_of "$name")" > "$PID_DIR/$name.pid"
+  STARTED_PIDS+=("$pid")
+}
+
+log_tail() { echo "--- last lines of $1:" >&2; tail -n "${2:-15}" "$1" >&2 || true; }
+
+fail_start() {
+  echo "federation.sh: $*" >&2
+  echo "federation.sh: stopping what was started" >&2
+  do_stop >&2 || true
+  exit 1
+}
+
+wait_for() {   # wait_for NAME PID CHECK-FUNCTION: until CHECK succeeds, the pid dies or timeout
+  local name=$1 pid=$2 check=$3 deadline=$((SECONDS + ${START_TIMEOUT:-90}))
+  while ! "$check" "$name"; do
+    if ! alive "$pid"; then
+      log_tail "$LOG_DIR/$name.log" 25
+      fail_start "$name (pid $pid) exited during start-up; see $LOG_DIR/$name.log"
+    fi
+    [ $SECONDS -lt $deadline ] || { log_tail "$LOG_DIR/$name.log"; fail_start "$name not ready after ${START_TIMEOUT:-90} s"; }
+    sleep 0.3
+  done
+}
+
+check_superlink() { superlink_healthy; }
+check_supernode() { grep -q "SuperNode ID:" "$LOG_DIR/$1.log" 2>/dev/null; }
+check_superexec() { grep -q "Starting Flower SuperExec" "$LOG_DIR/$1.log" 2>/dev/null; }
+
+register_keys() {   # tls-auth: register every SuperNode's public key (idempotent)
+  local i out
+  "$ROOT/deploy/supernode-keys.sh" "$KEYS_DIR" "$NODES" >/dev/null
+  for ((i = 0; i < NODES; i++)); do
+    out=$(flwr supernode register --format json "$KEYS_DIR/node-$i.pub" "$CONN" 2>&1) || true
+    if grep -q '"success": true' <<<"$out"; then
+      echo "registered SuperNode key $KEYS_DIR/node-$i.pub ($(grep -o '"node-id": "\{0,1\}[0-9]*' <<<"$out" || true))"
+    elif grep -q "already in use" <<<"$out"; then
+      echo "SuperNode key $KEYS_DIR/node-$i.pub already registered"
+    else
+      echo "$out" >&2
+      fail_start "could not register $KEYS_DIR/node-$i.pub"
+    fi
+  done | tee -a "$LOG_DIR/register.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+}
+
+# ------------------------------------------------------------------ subcommands
+do_start() {
+  local name pid live=() t0=$SECONDS
+  mkdir -p "$PID_DIR" "$LOG_DIR" "$STATE_DIR"
+  while read -r name pid marker; do
+    ours "$pid" "$marker" && live+=("$name:$pid")
+  done < <(recorded)
+  [ ${#live[@]} -eq 0 ] || die "a federation is already running from $RUN_DIR (${live[*]}); run '$0 --run-dir $RUN_DIR stop' first"
+  rm -f "$PID_DIR"/*.pid
+
+  local ports=("$SUPERLINK_PORT") i
+  for ((i = 0; i < NODES; i++)); do ports+=("$(node_port "$i")"); done
+  [ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" -eq ${#ports[@]} ] || die "ports overlap: ${ports[*]}"
+  for p in "${ports[@]}"; do
+    port_free "$p" || die "port $p on $HOST is already in use${p:+ by $(port_owner "$p")}; choose other ports (--superlink-port / --node-port-base)"
+  done
+
+  if [ "$MODE" != insecure ]; then
+    "$ROOT/deploy/certs.sh" "$CERTS_DIR"
+    [ -s "$CA" ] || die "no CA certificate at $CA"
+  fi
+  for ((i = 0; i < NODES; i++)); do mkdir -p "$STATE_DIR/node-$i"; done
+
+  {
+    echo "# written by deploy/federation.sh start, $(date -u +%FT%TZ)"
+    for v in $SAVED_VARS; do printf '%s=%q\n' "$v" "${!v}"; done
+  } > "$ENV_FILE"
+  write_connection
+
+  STARTED_PIDS=()
+  launch superlink
+  wait_for superlink "${STARTED_PIDS[-1]}" check_superlink
+  echo "superlink up (pid ${STARTED_PIDS[-1]}, $(superlink_url), $((SECONDS - t0)) s)"
+  if [ "$ISOLATION" = process ]; then
+    launch superexec-serverapp
+  fi
+  if [ "$MODE" = tls-auth ]; then register_keys; fi
+  for ((i = 0; i < NODES; i++)); do
+    launch "supernode-$i"
+    if [ "$ISOLATION" = process ]; then launch "superexec-clientapp-$i"; fi
+  done
+  while read -r name pid marker; do
+    case "$name" in
+      supernode-*) wait_for "$name" "$pid" check_supernode ;;
+      superexec-*) wait_for "$name" "$pid" check_superexec ;;
+    esac
+  done < <(recorded)
+  echo "federation up in $((SECONDS - t0)) s: mode $MODE, $NODES SuperNodes, SuperLink $HOST:$SUPERLINK_PORT, SuperNode ports $(node_port 0)..$(node_port $((NODES - 1)))"
+  echo "  run folder $RUN_DIR (logs/, pids/, superlink.db, state/)"
+  echo "  FLWR_HOME=$FLWR_HOME  connection '$CONN'"
+  echo "  next: $0 --run-dir $RUN_DIR run 'num-rounds=2'   then: $0 --run-dir $RUN_DIR stop"
+}
+
+do_stop() {
+  local entries=() name pid marker
+  while read -r name pid marker; do entries+=("$name $pid $marker"); done < <(recorded)
+  if [ ${#entries[@]} -eq 0 ]; then echo "nothing recorded in $PID_DIR"; return 0; fi
+  # Stop order: ClientApp executors and SuperNodes first (a SuperNode deactivates itself on
+  # SIGTERM), then the ServerApp executor, then the SuperLink.
+  local order=() e
+  for pattern in 'superexec-clientapp-*' 'supernode-*' 'superexec-serverapp' 'superlink'; do
+    for e in "${entries[@]}"; do
+      # shellcheck disable=SC2254
+      case "${e%% *}" in $pattern) order+=("$e") ;; esac
+    done
+  done
+  local victims=() kids=() p
+  for e in "${order[@]}"; do
+    read -r name pid marker <<<"$e"
+    if ours "$pid" "$marker"; then
+      for p in $(descendants "$pid"); do alive "$p" && kids+=("$p"); done
+      kill -TERM "$pid" 2>/dev/null && victims+=("$pid") && echo "stopping $name (pid $pid)"
+    elif alive "$pid"; then
+      echo "pid $pid is no longer $name (not touched)"
+    fi
+  done
+  local all=("${victims[@]}" "${kids[@]}") deadline=$((SECONDS + ${STOP_TIMEOUT:-15}))
+  while :; do
+    local left=()
+    for p in "${victims[@]}"; do alive "$p" && left+=("$p"); done
+    [ ${#left[@]} -eq 0 ] && break
+    if [ $SECONDS -ge $deadline ]; then
+      echo "forcing (SIGKILL) pids ${left[*]}"
+      kill -KILL "${left[@]}" 2>/dev/null || true
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  # Children (superexec, flwr-clientapp/-serverapp) of what we stopped.
+  local rest=()
+  for p in "${kids[@]}"; do alive "$p" && rest+=("$p"); done
+  if [ ${#rest[@]} -gt 0 ]; then
+    kill -TERM "${rest[@]}" 2>/dev/null || true
+    sleep 2
+    for p in "${rest[@]}"; do alive "$p" && kill -KILL "$p" 2>/dev/null || true; done
+  fi
+  local still=()
+  for p in "${all[@]}"; do alive "$p" && still+=("$p"); done
+  rm -f "$PID_DIR"/*.pid
+  if [ ${#still[@]} -gt 0 ]; then echo "still alive: ${still[*]}" >&2; return 1; fi
+  echo "stopped (${#victims[@]} processes${kids:+ + ${#kids[@]} children})"
+}
+
+do_status() {
+  local name pid marker n=0 up=0
+  while read -r name pid marker; do
+    n=$((n + 1))
+    if ours "$pid" "$marker"; then up=$((up + 1)); printf '%-24s pid %-7s running\n' "$name" "$pid"
+    else printf '%-24s pid %-7s not running\n' "$name" "$pid"; fi
+  done < <(recorded)
+  [ $n -gt 0 ] || { echo "no federation recorded in $RUN_DIR"; return 3; }
+  echo "mode $MODE, SuperLink $(superlink_url): $(superlink_healthy && echo healthy || echo 'not answering')"
+  echo "export FLWR_HOME=$FLWR_HOME   # connection '$CONN'"
+  if superlink_healthy; then flwr supernode list "$CONN" 2>&1 | tail -n +2 || true; fi
+  [ $up -eq $n ] || return 3
+}
+
+do_run() {
+  [ -f "$ENV_FILE" ] || die "no federation started from $RUN_DIR (run '$0 start' first)"
+  superlink_healthy || die "SuperLink $(superlink_url) is not answering (see '$0 --run-dir $RUN_DIR status')"
+  mkdir -p "$STATE_DIR" "$OUT_DIR" "$LOG_DIR"
+  local out log rc
+  out=$(cd "$OUT_DIR" && pwd)
+  # Absolute paths (Flower runs the app from its own copy of the project) and min-nodes = the
+  # number of SuperNodes, unless the extra overrides set them (TOML forbids duplicate keys).
+  local user=" ${ARGS[*]} " kv overrides=""
+  for kv in "data-dir=\"$FEDSHARE_DATA_DIR\"" "state-dir=\"$STATE_DIR\"" "out-dir=\"$out\"" "min-nodes=$NODES"; do
+    [[ "$user" =~ [[:space:]]${kv%%=*}[[:space:]]*= ]] || overrides+="$kv "
+  done
+  overrides+="${ARGS[*]}"
+  log="$LOG_DIR/run-$(date -u +%Y%m%dT%H%M%S).log"
+  echo "flwr run $ROOT $CONN --stream --run-config '$overrides'   (log: $log)"
+  set +e
+  flwr run "$ROOT" "$CONN" --stream --run-config "$overrides" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || return "$rc"
+  # `flwr run --stream` exits 0 even when the ServerApp fails: ask the SuperLink.
+  local run_id status="" i
+  run_id=$(sed -nE 's/.*Successfully started run ([0-9]+).*/\1/p' "$log" | tail -1)
+  [ -n "$run_id" ] || { echo "federation.sh: no run id in the output of flwr run" >&2; return 1; }
+  for i in $(seq 20); do
+    status=$(flwr ls "$CONN" --run-id "$run_id" --format json 2>/dev/null \
+             | sed -nE 's/.*"status": "([^"]+)".*/\1/p' | head -1)
+    case "$status" in finished:*) break ;; esac
+    sleep 1
+  done
+  echo "run $run_id: ${status:-unknown}" | tee -a "$log"
+  [ "$status" = finished:completed ] || { echo "federation.sh: run $run_id did not complete (${status:-unknown}); log: $log" >&2; return 1; }
+}
+
+case "$CMD" in
+  start) do_start ;;
+  stop) do_stop ;;
+  status) do_status ;;
+  run) do_run ;;
+  print-commands) print_commands ;;
+esac

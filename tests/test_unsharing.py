@@ -1,0 +1,164 @@
+"""Unsharing end to end (real ServerApp strategy + ClientApp handlers, serialised messages, in
+one process): durable requests, acknowledgement after persistence, idempotency, refusals,
+the audit, the graph after erasure, and contrastive unlearning against naive and Retrain."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from bench.unlearning import Session, new_session, run_method
+from client_app import cli
+from client_app.ledger import DONE, PENDING, REFUSED, read_ledger, save_ledger
+from common.config import load_config
+from common.datasets import default_data_root, load_dataset
+from common.graph import build_graph
+from server_app.audit import audit_live, audit_state_dir
+
+pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
+                                reason="ML-100K not available")
+
+
+
+def _session(tmp_path, **overrides) -> Session:
+    cfg = load_config({"max-users": 90, "num-rounds": 10, "eval-every": 0, "fraction-train": 1.0,
+                       "sharing-ratio": 0.5, "snapshot-rounds": "0", "state-dir": str(tmp_path / "x"),
+                       "out-dir": str(tmp_path / "out"), **overrides})
+    session = new_session(cfg, 3, tmp_path / "fed")
+    session.run_rounds(2)
+    return session
+
+
+def _acks_sent(session: Session, request_id: int) -> int:
+    """How often the server acknowledged ``request_id`` (counted on the wire)."""
+    return session.acks.count(request_id)
+
+
+def _record_acks(session: Session) -> None:
+    session.acks = []
+    push = session.grid.push_messages
+
+    def recording_push(messages):
+        messages = list(messages)
+        for message in messages:
+            if "unshare-ack" in message.content.array_records:
+                record = message.content.array_records["unshare-ack"]
+                session.acks += record["request"].numpy().tolist()
+        return push(messages)
+
+    session.grid.push_messages = recording_push
+
+
+def test_request_survives_node_restart_and_is_acknowledged_once(tmp_path, capsys):
+    session = _session(tmp_path)
+    _record_acks(session)
+    node_dir = session.node_dirs()[0]
+    user = min(read_ledger(node_dir).counts())
+    items = read_ledger(node_dir).shared[user][:3]
+    assert cli.main(["unshare", "--state-dir", str(node_dir), "--user", str(user),
+                     "--items", *map(str, items)]) == 0
+    request_id = read_ledger(node_dir).requests[0].request_id
+    # restart the node: its per-run memory (context.state) is gone, the ledger is on disk
+    old = session.grid.contexts[1]
+    session.grid.contexts[1] = Context(run_id=old.run_id, node_id=1, node_config=old.node_config,
+                                       state=RecordDict(), run_config=old.run_config)
+    assert session.state.edges.count_pairs(np.full(3, user), items).all()
+    session.run_rounds(3)
+    ledger = read_ledger(node_dir)
+    assert [(r.request_id, r.status) for r in ledger.requests] == [(request_id, DONE)]
+    assert not session.state.edges.count_pairs(np.full(3, user), items).any()
+    assert _acks_sent(session, request_id) == 1
+    assert "pending until the server confirms" in capsys.readouterr().out
+
+
+def test_resent_request_gets_the_same_answer_and_changes_nothing(tmp_path):
+    session = _session(tmp_path)
+    node_dir = session.node_dirs()[1]
+    ledger = read_ledger(node_dir)
+    user = max(ledger.counts())
+    ledger, request = ledger.unshare(user, ledger.shared[user][:2])
+    save_ledger(node_dir, ledger)
+    session.state.unshare_nodes.add(2)
+    session.run_rounds(1)
+    edges_after_first = session.state.edges.pairs().copy()
+    # the acknowledgement was lost: the node still believes the request is pending
+    save_ledger(node_dir, ledger)
+    session.state.unshare_nodes.add(2)
+    session.run_rounds(1)
+    assert np.array_equal(session.state.edges.pairs(), edges_after_first)
+    assert read_ledger(node_dir).requests[0].status == DONE
+    assert not session.state.outcomes[request.request_id].refused
+
+
+def test_never_shared_and_foreign_requests_are_refused_and_the_round_goes_on(tmp_path):
+    session = _session(tmp_path)
+    dir0, dir1 = session.node_dirs()[:2]
+    ledger0, ledger1 = read_ledger(dir0), read_ledger(dir1)
+    foreign_user = min(ledger1.counts())           # hosted by node 2, claimed by node 1
+    own_user = min(ledger0.counts())
+    shared_items = set(ledger0.shared[own_user].tolist())
+    never = np.array([i for i in range(2000) if i not in shared_items][:2])
+    raw = json.loads((dir0 / "ledger.json").read_text())
+    raw["requests"] = [
+        {"id": "11", "user": foreign_user, "items": ledger1.shared[foreign_user][:2].tolist(),
+         "status": PENDING, "reason": ""},
+        {"id": "12", "user": own_user, "items": never.tolist(), "status": PENDING, "reason": ""},
+        {"id": "13", "user": own_user, "items": ledger0.shared[own_user][:1].tolist(),
+         "status": PENDING, "reason": ""}]
+    (dir0 / "ledger.json").write_text(json.dumps(raw))
+    edges_before = len(session.state.edges)
+    session.state.unshare_nodes.add(1)
+    record = session.run_rounds(1)[0]
+    status = {r.request_id: (r.status, r.reason) for r in read_ledger(dir0).requests}
+    assert status[11][0] == REFUSED and "not shared by this node" in status[11][1]
+    assert status[12][0] == REFUSED and "never shared" in status[12][1]
+    assert status[13][0] == DONE
+    assert len(session.state.edges) == edges_before - 1
+    assert record["phases"]["train"]["ok"] == 3          # the rest of the round is undisturbed
+    # the CLI refuses a never-shared item before anything is written
+    assert cli.main(["unshare", "--state-dir", str(dir0), "--user", str(own_user),
+                     "--items", str(int(never[0]))]) == 2
+
+
+def test_audit_finds_the_edge_before_and_nothing_after(tmp_path):
+    session = _session(tmp_path)
+    node_dir = session.node_dirs()[2]
+    ledger = read_ledger(node_dir)
+    user = max(ledger.counts())
+    pairs = np.stack([np.full(len(ledger.shared[user]), user), ledger.shared[user]], 1)
+    found, scanned = audit_state_dir(session.state.state_dir, pairs)
+    assert found and scanned >= 2 and audit_live(session.state, pairs)
+    assert cli.main(["unshare", "--state-dir", str(node_dir), "--user", str(user), "--all"]) == 0
+    session.state.unshare_nodes.add(3)
+    session.run_rounds(1)
+    found, _ = audit_state_dir(session.state.state_dir, pairs)
+    assert found == [] and audit_live(session.state, pairs) == []
+    # the graph after unsharing equals a graph built from scratch without those edges
+    remaining = session.state.edges.pairs()
+    assert not (remaining[:, 0] == user).any()
+    scratch = build_graph(torch.from_numpy(remaining[:, 0]), torch.from_numpy(remaining[:, 1]),
+                          session.state.catalog.num_users, session.state.catalog.num_items)
+    assert torch.equal(session.state.graph.edge_index, scratch.edge_index)
+    assert torch.equal(session.state.graph.adj.to_dense(), scratch.adj.to_dense())
+    assert session.state.edges.round.min() >= 1  # remaining edges keep their entry rounds
+
+
+def test_contrastive_moves_withdrawn_ranks_closer_to_retrain_than_naive(tmp_path):
+    cfg = load_config({"max-users": 150, "num-rounds": 8, "eval-every": 0, "fraction-train": 1.0,
+                       "snapshot-rounds": "0", "state-dir": str(tmp_path / "x"),
+                       "out-dir": str(tmp_path / "out")})
+    learned = new_session(cfg, 3, tmp_path / "learned")
+    learned.run_rounds(5)
+    ds = load_dataset("ml-100k", max_users=150)
+
+    class Args:
+        seed, learn_rounds, unlearn_rounds = 0, 5, 3
+
+    rows = {m: run_method(learned, cfg, m, "users-all", Args, ds, tmp_path)
+            for m in ("retrain", "naive", "contrastive")}
+    gap = {m: abs(rows[m]["withdrawn_mean_rank"] - rows["retrain"]["withdrawn_mean_rank"])
+           for m in ("naive", "contrastive")}
+    assert rows["naive"]["withdrawn_pairs"] > 0
+    assert gap["contrastive"] < gap["naive"], rows
