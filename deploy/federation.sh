@@ -207,8 +207,8 @@ alive() {   # pid exists and is not a zombie
   [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
-ours() {    # pid $1 is alive and its command line contains $2
-  alive "$1" && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+ours() {    # pid $1 is alive and its command line contains the whole argument(s) $2
+  alive "$1" && tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2 "
 }
 
 descendants() {  # all live descendants of pid $1 (children first-level order)
@@ -453,6 +453,7 @@ do_status() {
 do_run() {
   [ -f "$ENV_FILE" ] || die "no federation started from $RUN_DIR (run '$0 start' first)"
   superlink_healthy || die "SuperLink $(superlink_url) is not answering (see '$0 --run-dir $RUN_DIR status')"
+  [ -d "$FEDSHARE_DATA_DIR" ] || die "no data directory $FEDSHARE_DATA_DIR (set FEDSHARE_DATA_DIR)"
   mkdir -p "$STATE_DIR" "$OUT_DIR" "$LOG_DIR"
   local out log rc
   out=$(cd "$OUT_DIR" && pwd)
