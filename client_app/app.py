@@ -1,8 +1,9 @@
 """FedShare ClientApp: translates Flower messages into calls on the node's local code.
 
-One handler per protocol phase (see :mod:`common.wire`): ``query.share``, ``train``,
-``evaluate``. Per-run memory (private user embeddings, the server's last
-acknowledgement) is kept in ``context.state``; the sharing ledger is on disk.
+One handler per protocol phase (see :mod:`common.wire`): ``query.unshare``,
+``query.share``, ``train``, ``evaluate``. The sharing ledger and the private user
+embeddings are on the node's disk (state directory); ``context.state`` only holds the
+server's last acknowledgement of shared counts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flwr.clientapp import ClientApp
 from client_app.ledger import DONE, REFUSED, Ledger, update_ledger
 from client_app.local_training import GlobalView, LocalHyper, evaluate_local, train_local
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
+from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
 from common.sharing import scheduled_withdrawals
 from common.wire import from_record, to_record
@@ -88,19 +90,30 @@ def _ledger(cfg: RunConfig, node: NodeData, state_dir: Path, msg: Message) -> Le
         _apply_unshare_acks(ledger, msg), cfg, server_round))
 
 
-def _user_table(context: Context, cfg: RunConfig, node: NodeData, msg: Message) -> torch.Tensor:
-    """Private user embeddings, (re)initialised (seeded) on the node's first message of the
-    run and whenever the server starts a new model generation (``retrain`` unlearning)."""
+def _user_table_path(cfg: RunConfig, context: Context, state_dir: Path) -> Path:
+    """Private user rows of this run, on the node's disk (they survive node restarts)."""
+    return state_dir / f"user-emb-{cfg.run_name or f'run-{context.run_id}'}.npz"
+
+
+def _user_table(context: Context, cfg: RunConfig, node: NodeData, msg: Message,
+                state_dir: Path) -> torch.Tensor:
+    """Private user embeddings: the saved ones of this run and model generation, else a
+    seeded initialisation (first message of a run, or a ``retrain`` unlearning began)."""
     generation = int(msg.content.config_records["config"].get("generation", 0))
-    state = context.state.config_records.get("node", ConfigRecord({"generation": 0}))
-    if int(state["generation"]) != generation:
-        context.state["node"] = ConfigRecord({"generation": generation})
-        if "user-emb" in context.state.array_records:
-            del context.state["user-emb"]
-    if "user-emb" in context.state.array_records:
-        return torch.from_numpy(from_record(context.state.array_records["user-emb"])["weight"])
+    path = _user_table_path(cfg, context, state_dir)
+    if path.exists():
+        with np.load(path) as saved:
+            if int(saved["generation"]) == generation:
+                return torch.from_numpy(saved["weight"])
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + node.partition_id)
     return 0.1 * torch.randn(len(node.users), cfg.embedding_dim, generator=generator)
+
+
+def _save_user_table(context: Context, cfg: RunConfig, msg: Message, state_dir: Path,
+                     weight: torch.Tensor) -> None:
+    generation = int(msg.content.config_records["config"].get("generation", 0))
+    atomic_write_npz(_user_table_path(cfg, context, state_dir), weight=weight.numpy(),
+                     generation=np.int64(generation))
 
 
 def _global_view(msg: Message, node: NodeData) -> GlobalView:
@@ -164,10 +177,10 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records["config"]["server-round"])
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
                     cfg.cl_temperature, cfg.fusion)
-    update = train_local(_user_table(context, cfg, node, msg), node.train_local,
+    update = train_local(_user_table(context, cfg, node, msg, state_dir), node.train_local,
                          _global_view(msg, node), hp,
                          seed=cfg.seed * 1_000_003 + server_round * 7919 + node.partition_id)
-    context.state["user-emb"] = to_record(weight=update.user_emb.numpy())
+    _save_user_table(context, cfg, msg, state_dir, update.user_emb)
     content = RecordDict({
         "update": to_record(index=update.index, values=update.values, counts=update.counts),
         "metrics": MetricRecord({"loss": update.loss, "num-examples": update.num_examples,
@@ -187,6 +200,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     known = node.train_local if split == "valid" else \
         torch.cat([node.train_local, node.valid_local])
     truth = node.valid_local if split == "valid" else node.test_local
-    sums = evaluate_local(_user_table(context, cfg, node, msg), _global_view(msg, node), known, truth,
+    sums = evaluate_local(_user_table(context, cfg, node, msg, state_dir), _global_view(msg, node), known, truth,
                           cfg.fusion)
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

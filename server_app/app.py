@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.atomic import atomic_write_json
 from common.config import RunConfig, load_config
 from common.manifest import run_manifest
+from server_app import checkpoint
 from server_app.state import ServerState
 from server_app.strategy import FedShareStrategy, Tap
 
@@ -36,8 +37,14 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
     return nodes
 
 
+def run_label(cfg: RunConfig, run_id: int) -> str:
+    """Name of the run's server state folder and result file."""
+    return cfg.run_name or f"run-{run_id}"
+
+
 def result_path(cfg: RunConfig, run_id: int) -> Path:
-    return Path(cfg.out_dir) / f"fedshare-{cfg.dataset}-rho{cfg.sharing_ratio:g}-run{run_id}.json"
+    return Path(cfg.out_dir) / \
+        f"fedshare-{cfg.dataset}-rho{cfg.sharing_ratio:g}-{run_label(cfg, run_id)}.json"
 
 
 def _progress(record: dict, num_rounds: int) -> str:
@@ -55,32 +62,40 @@ def _progress(record: dict, num_rounds: int) -> str:
 
 
 def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = None) -> dict:
-    """Run all rounds; writes and returns ``{"manifest", "rounds", "final"}``."""
+    """Run (or resume) all rounds; writes and returns ``{"manifest", "rounds", "final"}``.
+
+    The server state is checkpointed atomically after every round; a run started again with
+    the same ``run-name`` continues after the last checkpointed round."""
     torch.set_num_threads(cfg.torch_threads)  # shares the cores with the ClientApps
-    state = ServerState(cfg, Path(cfg.state_dir) / "server" / f"run-{run_id}")
+    state = ServerState(cfg, Path(cfg.state_dir) / "server" / run_label(cfg, run_id))
+    if (state.state_dir / checkpoint.CHECKPOINT_FILE).exists():
+        checkpoint.load(state, state.state_dir / checkpoint.CHECKPOINT_FILE)
+        log.info("resuming %s after round %d", state.state_dir, state.round)
     strategy = FedShareStrategy(cfg, state, tap)
     nodes = wait_for_nodes(grid, cfg.min_nodes, cfg.round_timeout)
     log.info("FedShare: %d nodes connected, %d rounds, sharing-ratio %g", len(nodes),
              cfg.num_rounds, cfg.sharing_ratio)
-    out, history, started = result_path(cfg, run_id), [], time.perf_counter()
-    result: dict = {}
-    for rnd in range(1, cfg.num_rounds + 1):
+    out, started = result_path(cfg, run_id), time.perf_counter()
+    result = _result(cfg, state, time.perf_counter() - started)
+    for rnd in range(state.round + 1, cfg.num_rounds + 1):
         round_start = time.perf_counter()
         record = strategy.run_round(grid, rnd)
         record["seconds"] = time.perf_counter() - round_start
-        history.append(record)
+        state.history.append(record)
+        state.save()
         if not record.get("skipped"):
             log.info(_progress(record, cfg.num_rounds))
         for phase, stats in record.get("phases", {}).items():
             for reason in stats.get("rejected", []):
                 log.warning("round %d %s: %s", rnd, phase, reason)
-        result = _result(cfg, state, history, time.perf_counter() - started)
+        result = _result(cfg, state, time.perf_counter() - started)
         atomic_write_json(out, result)
     log.info("FedShare finished: results in %s", out.resolve())
     return result
 
 
-def _result(cfg: RunConfig, state: ServerState, history: list[dict], seconds: float) -> dict:
+def _result(cfg: RunConfig, state: ServerState, seconds: float) -> dict:
+    history = state.history
     fingerprint = state.catalog.fingerprint if state.catalog else ""
     evaluated = [r for r in history if r.get("metrics")]
     return {

@@ -35,6 +35,7 @@ def save(state: "ServerState", path: Path) -> None:
         "owner": dict(state.owner),
         "node_users": {n: torch.from_numpy(u) for n, u in state.node_users.items()},
         "outcomes": {k: (v.refused, v.reason) for k, v in state.outcomes.items()},
+        "history": state.history,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -58,3 +59,4 @@ def load(state: "ServerState", path: Path) -> None:
     state.owner = dict(payload["owner"])
     state.node_users = {n: u.numpy().astype(np.int64) for n, u in payload["node_users"].items()}
     state.outcomes = {k: UnshareOutcome(k, *v) for k, v in payload["outcomes"].items()}
+    state.history = list(payload["history"])

@@ -67,6 +67,7 @@ class ServerState:
         self.pending_acks: dict[int, list[UnshareOutcome]] = {}
         self.unlearning: UnlearningTask | None = None
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        self.history: list[dict] = []                 # one record per finished round
 
     # ------------------------------------------------------------- initialisation
     def initialize(self, catalog: Catalog) -> None:

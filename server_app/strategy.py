@@ -252,7 +252,6 @@ class FedShareStrategy:
         """One round; returns its record (also appended to ``state.history``)."""
         all_nodes = sorted(grid.get_node_ids())
         nodes = self.sample(all_nodes)
-        self.state.round = rnd
         unshare = self.unshare_phase(grid, nodes, rnd)
         share = self.share_phase(grid, nodes, rnd)
         if self.state.catalog is None:
@@ -277,7 +276,7 @@ class FedShareStrategy:
             record["phases"]["evaluate"] = _phase_dict(evaluation)
             record["metrics"] = metrics
         self.state.maybe_snapshot(rnd, self.cfg.snapshot_round_list)
-        self.state.save()
+        self.state.round = rnd  # the last completed round (what a checkpoint resumes after)
         return record
 
 
