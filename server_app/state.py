@@ -61,6 +61,7 @@ class ServerState:
         self.owner: dict[int, int] = {}               # user -> node that shares for it
         self.node_users: dict[int, np.ndarray] = {}   # node -> its sharing users (sorted)
         self.seen_nodes: set[int] = set()
+        self.online: set[int] = set()                 # nodes connected this round
         self.synced_nodes: set[int] = set()
         self.unshare_nodes: set[int] = set()          # nodes with pending unshare requests
         self.outcomes: dict[int, UnshareOutcome] = {} # request id -> outcome (no pairs kept)
@@ -106,7 +107,7 @@ class ServerState:
                                self.catalog and self.catalog.num_items)
         self._check_catalog(reply)
         users = np.unique(pairs[:, 0])
-        foreign = [int(u) for u in users if self.owner.get(int(u), node) != node]
+        foreign = [int(u) for u in users if not self._may_act_for(node, int(u))]
         if foreign:
             raise ReplyError(f"claims users {foreign[:5]} that another node shares for")
         before = len(self.edges)
@@ -119,6 +120,12 @@ class ServerState:
             self._edges_changed()
         return len(self.edges) - before
 
+    def _may_act_for(self, node: int, user: int) -> bool:
+        """A node may share/unshare for a user it owns or nobody online owns (a restarted
+        SuperNode comes back with a new node id and takes its users over)."""
+        owner = self.owner.get(user)
+        return owner is None or owner == node or owner not in self.online
+
     def mark_pending(self, node: int, pending_share: bool, pending_unshare: bool) -> None:
         """Nodes with unsynced sharing / pending requests get a query in their next round."""
         self.seen_nodes.add(node)
@@ -129,7 +136,7 @@ class ServerState:
     def _judge(self, node: int, request_id: int, user: int, items: np.ndarray) -> UnshareOutcome:
         if request_id in self.outcomes:          # a re-sent request: same answer again
             return self.outcomes[request_id]
-        if self.owner.get(user) != node:
+        if user not in self.owner or not self._may_act_for(node, user):
             return UnshareOutcome(request_id, True, f"user {user} is not shared by this node")
         held = self.edges.count_pairs(np.full(len(items), user), items)
         if not held.all():
@@ -145,6 +152,7 @@ class ServerState:
         for request_id, (user, items) in requests.items():
             outcome = self._judge(node, request_id, user, items)
             if not outcome.refused and request_id not in self.outcomes:
+                self.owner[user] = node
                 removed.append(np.stack([np.full(len(items), user), items], axis=1))
             self.outcomes[request_id] = outcome
             self.pending_acks.setdefault(node, []).append(outcome)

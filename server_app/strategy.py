@@ -41,6 +41,7 @@ class PhaseStats:
     ok: int = 0
     rows_up: int = 0
     withdrawn: int = 0
+    lost: list[int] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 
 
@@ -70,6 +71,7 @@ class FedShareStrategy:
             node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
                 stats.rejected.append(f"node {node}: error {reply.error.code} {reply.error.reason}")
+                stats.lost.append(node)
                 continue
             stats.bytes_up += content_bytes(reply.content)
             if self.tap is not None:
@@ -78,6 +80,7 @@ class FedShareStrategy:
         replied = {dst.get(r.metadata.reply_to_message_id) for r in replies}
         missing = sorted(set(dst.values()) - replied)
         stats.rejected += [f"node {n}: no reply within {self.cfg.round_timeout}s" for n in missing]
+        stats.lost += missing
         return good
 
     def _message(self, node: int, kind: str, content: RecordDict, rnd: int) -> Message:
@@ -153,6 +156,16 @@ class FedShareStrategy:
             state.model.train(state.graph, pairs, targets, unlearning, steps=self.cfg.unlearn_steps)
         state.refresh_views()
         return loss, time.perf_counter() - start
+
+    def _lost_nodes(self, nodes: list[int]) -> list[dict]:
+        """Nodes that failed this round's training, with the (sharing) users the server knows
+        they host: those users' private data did not train this round."""
+        lost = [{"node": n, "users": self.state.node_users.get(n, np.zeros(0)).tolist()}
+                for n in sorted(set(nodes))]
+        for entry in lost:
+            log.warning("node %s lost this round; its known users %s did not train",
+                        entry["node"], entry["users"][:20])
+        return lost
 
     def _unlearning_term(self):
         """The contrastive unlearning loss while a task is running (METHOD.md §4), else None."""
@@ -251,12 +264,14 @@ class FedShareStrategy:
     def run_round(self, grid, rnd: int) -> dict:
         """One round; returns its record (also appended to ``state.history``)."""
         all_nodes = sorted(grid.get_node_ids())
+        self.state.online = set(all_nodes)
         nodes = self.sample(all_nodes)
         unshare = self.unshare_phase(grid, nodes, rnd)
         share = self.share_phase(grid, nodes, rnd)
         if self.state.catalog is None:
             log.warning("round %d: no node reported its catalog yet; skipping", rnd)
-            return {"round": rnd, "skipped": True}
+            return {"round": rnd, "skipped": True,
+                    "phases": {"unshare": _phase_dict(unshare), "share": _phase_dict(share)}}
         edges_before = self.state.edges_version
         self.state.rebuild_graph_if_changed()
         unlearning = self.state.unlearning is not None
@@ -268,6 +283,7 @@ class FedShareStrategy:
             "server_loss": server_loss, "shared_edges": len(self.state.edges),
             "graph_changed": self.state.edges_version != edges_before,
             "generation": self.state.generation, "unlearning": unlearning,
+            "lost_nodes": self._lost_nodes(train.lost),
             "phases": {"unshare": _phase_dict(unshare), "share": _phase_dict(share),
                        "train": _phase_dict(train), "graph": {"seconds": server_seconds}},
         }
@@ -283,7 +299,7 @@ class FedShareStrategy:
 def _phase_dict(stats: PhaseStats) -> dict:
     return {"seconds": round(stats.seconds, 4), "bytes_down": stats.bytes_down,
             "bytes_up": stats.bytes_up, "sent": stats.sent, "ok": stats.ok,
-            "rows_up": stats.rows_up, "withdrawn": stats.withdrawn,
+            "rows_up": stats.rows_up, "withdrawn": stats.withdrawn, "lost": stats.lost,
             "rejected": stats.rejected}
 
 

@@ -1,0 +1,175 @@
+"""Faults and hostile input against the real strategy and ClientApp (in one process): every bad
+reply is rejected with the node id and a reason, the round completes with the other replies,
+lost nodes are reported, and a restarted ServerApp resumes from its checkpoint."""
+
+import time
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, MetricRecord
+
+from bench.inprocess import InProcessGrid
+from client_app.cli import main as cli
+from client_app.ledger import read_ledger
+from common.config import load_config
+from common.datasets import default_data_root
+from common.wire import to_record
+from server_app import checkpoint, validation
+from server_app.app import run_fedshare
+from server_app.state import ServerState
+from server_app.strategy import FedShareStrategy
+
+pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
+                                reason="ML-100K not available")
+
+
+def _cfg(tmp_path, **overrides):
+    return load_config({"max-users": 60, "num-rounds": 3, "eval-every": 0, "fraction-train": 1.0,
+                        "round-timeout": 1.0, "state-dir": str(tmp_path / "state"),
+                        "out-dir": str(tmp_path / "out"), **overrides})
+
+
+class TamperingGrid(InProcessGrid):
+    """One node's replies of one message type pass through ``tamper`` before the server sees them."""
+
+    def __init__(self, cfg, kind, tamper, delay_node=None, delay=0.0, tamper_node=1):
+        super().__init__(cfg.as_dict(), 3)
+        self.kind, self.tamper, self.tamper_node = kind, tamper, tamper_node
+        self.delay_node, self.delay, self.release = delay_node, delay, {}
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = list(super().push_messages(messages))
+        for message_id, message in zip(ids, messages):
+            node = message.metadata.dst_node_id
+            if node == self.tamper_node and message.metadata.message_type == self.kind and message_id in self._replies:
+                self.tamper(self._replies[message_id])
+            if node == self.delay_node:
+                self.release[message_id] = time.monotonic() + self.delay
+        return ids
+
+    def pull_messages(self, message_ids):
+        now = time.monotonic()
+        ready = [m for m in message_ids if self.release.get(m, 0) <= now]
+        return super().pull_messages(ready)
+
+
+def _run_round(cfg, grid, rounds=2):
+    state = ServerState(cfg, cfg.state_dir + "/server")
+    strategy = FedShareStrategy(cfg, state)
+    return [strategy.run_round(grid, r) for r in range(1, rounds + 1)], state
+
+
+def _set_update(**arrays):
+    def tamper(reply):
+        update = {k: v.numpy() for k, v in reply.content.array_records["update"].items()}
+        update.update({k: v(update) if callable(v) else v for k, v in arrays.items()})
+        reply.content["update"] = to_record(**update)
+    return tamper
+
+
+TRAIN_CASES = {
+    "nan": (_set_update(values=lambda u: np.full_like(u["values"], np.nan)), "NaN or Inf"),
+    "inf": (_set_update(counts=lambda u: np.full_like(u["counts"], np.inf)), "NaN or Inf"),
+    "dtype": (_set_update(values=lambda u: u["values"].astype(np.float64)), "must be float32"),
+    "shape": (_set_update(values=lambda u: u["values"][:, :3].copy()), "shapes disagree"),
+    "range": (_set_update(index=lambda u: u["index"] + 10_000), "out of range"),
+    "duplicates": (_set_update(index=lambda u: np.zeros_like(u["index"])), "duplicate item rows"),
+    "metrics": (lambda r: r.content.__setitem__("metrics", MetricRecord({"loss": 1.0})), "bad metrics"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_bad_train_reply_is_rejected_and_round_goes_on(tmp_path, case):
+    tamper, reason = TRAIN_CASES[case]
+    cfg = _cfg(tmp_path)
+    records, state = _run_round(cfg, TamperingGrid(cfg, "train", tamper))
+    train = records[-1]["phases"]["train"]
+    assert train["ok"] == 2 and any(r.startswith("node 1:") and reason in r for r in train["rejected"])
+    assert np.isfinite(state.item_emb).all()
+
+
+def _set_share(user=None, item=None):
+    def tamper(reply):
+        share = {k: v.numpy() for k, v in reply.content.array_records["share"].items()}
+        share["user"] = user(share) if user else share["user"]
+        share["item"] = item(share) if item else share["item"]
+        metrics = dict(reply.content.metric_records["metrics"])
+        metrics["num-pairs"] = len(share["user"])
+        reply.content["share"] = to_record(**share)
+        reply.content["metrics"] = MetricRecord(metrics)
+    return tamper
+
+
+def test_oversized_share_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "MAX_SHARE_PAIRS", 10)
+    cfg = _cfg(tmp_path)
+    records, state = _run_round(cfg, TamperingGrid(cfg, "query.share", lambda r: None))
+    share = records[0]["phases"]["share"]
+    assert share["ok"] == 0 and all("oversized share" in r for r in share["rejected"])
+
+
+def test_share_for_users_of_another_node_is_rejected(tmp_path):
+    cfg = _cfg(tmp_path)
+    # node 1 replaces its users by node 2's (users 20..39 live on partition 1)
+    grid = TamperingGrid(cfg, "query.share", _set_share(user=lambda s: s["user"] + 20))
+    records, state = _run_round(cfg, grid, rounds=1)
+    share = records[0]["phases"]["share"]
+    rejected = [r for r in share["rejected"] if "another node shares for" in r]
+    # whichever of node 1 / node 2 is judged second is refused; no user gets two owners
+    assert share["ok"] == 2 and len(rejected) == 1
+    assert len(set(state.owner)) == len(state.owner)
+
+
+def test_out_of_range_and_catalog_mismatch_shares_are_rejected(tmp_path):
+    cfg = _cfg(tmp_path)
+    grid = TamperingGrid(cfg, "query.share", _set_share(item=lambda s: s["item"] + 100_000))
+    records, _ = _run_round(cfg, grid, rounds=1)
+    assert any(r.startswith("node 1:") and "item id out of range" in r
+               for r in records[0]["phases"]["share"]["rejected"])
+
+    def other_data(reply):
+        reply.content["catalog"] = ConfigRecord({"fingerprint": "someone-else"})
+    cfg2 = _cfg(tmp_path / "b")
+    # (the first node to answer fixes the federation's catalog; node 3 answers last)
+    grid = TamperingGrid(cfg2, "query.share", other_data, tamper_node=3)
+    records, _ = _run_round(cfg2, grid, rounds=1)
+    share = records[0]["phases"]["share"]
+    assert share["ok"] == 2
+    assert any(r.startswith("node 3:") and "differs from the federation" in r
+               for r in share["rejected"])
+
+
+def test_dead_node_and_straggler_do_not_stop_the_round(tmp_path):
+    cfg = _cfg(tmp_path)
+    grid = TamperingGrid(cfg, "train", lambda r: None, delay_node=3, delay=5.0)
+    state = ServerState(cfg, tmp_path / "server")
+    strategy = FedShareStrategy(cfg, state)
+    strategy.run_round(grid, 1)
+    grid.dead.add(2)                      # node 2 dies; node 3 answers after the timeout
+    grid.get_node_ids = lambda: [1, 2, 3]  # not yet noticed as gone: it is still asked
+    record = strategy.run_round(grid, 2)
+    assert record["phases"]["train"]["ok"] == 1
+    lost = {entry["node"]: entry["users"] for entry in record["lost_nodes"]}
+    assert set(lost) == {2, 3}
+    assert lost[2] == state.node_users[2].tolist() and len(lost[2]) > 0
+
+
+def test_restarted_server_resumes_from_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, **{"run-name": "resume-me", "num-rounds": 2, "round-timeout": 60.0})
+    dirs = [str(tmp_path / f"node-{p}") for p in range(3)]
+    first = run_fedshare(InProcessGrid(cfg.as_dict(), 3, dirs), cfg)
+    assert [r["round"] for r in first["rounds"]] == [1, 2]
+    cfg4 = cfg.model_copy(update={"num_rounds": 4})
+    ledger = read_ledger(dirs[0])
+    user = min(ledger.counts())
+    assert cli(["unshare", "--state-dir", dirs[0], "--user", str(user), "--all"]) == 0
+    # the ServerApp is started again (fresh process state, same run-name, same nodes)
+    second = run_fedshare(InProcessGrid(cfg4.as_dict(), 3, dirs), cfg4)
+    assert [r["round"] for r in second["rounds"]] == [1, 2, 3, 4]
+    assert second["rounds"][1] == first["rounds"][1]
+    state = ServerState(cfg4, tmp_path / "state" / "server" / "resume-me")
+    checkpoint.load(state, state.state_dir / checkpoint.CHECKPOINT_FILE)
+    assert state.round == 4 and not (state.edges.user == user).any()
+    assert read_ledger(dirs[0]).requests[0].status == "done"
+    assert any(not o.refused for o in state.outcomes.values())
