@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -73,7 +73,11 @@ class InProcessGrid(Grid):
                 continue
             delivered = _wire(message)
             delivered.metadata.__dict__["_message_id"] = message_id  # the SuperLink's job
-            reply = client_app(delivered, self.contexts[node])
+            try:
+                reply = client_app(delivered, self.contexts[node])
+            except Exception as exc:  # as Flower does: the handler's exception -> error reply
+                reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"),
+                                reply_to=delivered)
             self._replies[message_id] = _wire(reply)
         return ids
 

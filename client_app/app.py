@@ -126,8 +126,9 @@ def _global_view(msg: Message, node: NodeData) -> GlobalView:
     shares = torch.zeros(len(node.users), dtype=torch.bool)
     if "users" in records:
         views = from_record(records["users"])
-        local = torch.from_numpy(node.to_local(views["index"]))
-        user_graph[local] = torch.from_numpy(views["values"])
+        hosted = np.isin(views["index"], node.users)  # ignore views of users not hosted here
+        local = torch.from_numpy(node.to_local(views["index"][hosted]))
+        user_graph[local] = torch.from_numpy(views["values"][hosted])
         shares[local] = True
     negatives = None
     if "negatives" in records:

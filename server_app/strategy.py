@@ -65,7 +65,11 @@ class FedShareStrategy:
         ids = grid.push_messages(messages)
         for msg_id, msg in zip(ids, messages):
             dst[msg_id] = msg.metadata.dst_node_id
-        replies = _pull_all(grid, list(dst), self.cfg.round_timeout)
+        order = {msg_id: index for index, msg_id in enumerate(dst)}
+        # handle replies in the order the messages were sent: results must not depend on
+        # which node happened to answer first
+        replies = sorted(_pull_all(grid, list(dst), self.cfg.round_timeout),
+                         key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
         good = []
         for reply in replies:
             node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
