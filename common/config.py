@@ -65,9 +65,9 @@ class RunConfig(BaseModel):
     cl_negative_pool: int = Field(8, ge=1)
     # server graph model
     num_layers: int = Field(3, ge=0, le=8)
-    server_lr: float = Field(0.01, gt=0.0)
+    server_lr: float = Field(0.03, gt=0.0)
     server_epochs: float = Field(1.0, ge=0.0)
-    server_batch_size: int = Field(2048, ge=1)
+    server_batch_size: int = Field(8192, ge=1)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning
     unlearning_method: Literal["contrastive", "naive", "retrain"] = "contrastive"

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client_app.ledger import read_ledger
 from common.datasets import default_data_root, load_dataset
+from server_app.audit import audit_state_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "federation.sh"
@@ -254,4 +256,70 @@ def test_start_fails_clearly_when_a_port_is_taken(federation):
     assert started.returncode != 0
     assert f"port {fed.node_port_base + 1} on 127.0.0.1 is already in use" in started.stderr
     assert fed.pids == {}
+    assert fed.leftovers() == []
+
+
+def _wait_for_rounds(path: Path, rounds: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            result = json.loads(path.read_text())
+            if len(result["rounds"]) >= rounds:
+                return result
+        time.sleep(1)
+    raise TimeoutError(f"{path} did not reach {rounds} rounds")
+
+
+@pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(), reason="no ML-100K")
+def test_killed_supernode_is_reported_and_a_restarted_federation_resumes(federation):
+    """SIGKILL a SuperNode after round 1: the run finishes with the other nodes and reports the
+    lost node's users. Then stop and start the SuperLink (same database) and run again under
+    the same run-name: it resumes after the last checkpointed round, unshare outcomes kept."""
+    fed = federation("tls")
+    started = fed.start()
+    assert started.returncode == 0, started.stdout + started.stderr + fed.logs()
+    common = ("max-users=150 eval-every=3 fraction-train=1.0 sharing-ratio=0.5 round-timeout=20 "
+              'run-name="faulty" unshare-round=2 unshare-user-fraction=0.5')
+    result_file = fed.tmp / "out" / "fedshare-ml-100k-rho0.5-faulty.json"
+    run = subprocess.Popen([str(SCRIPT), "run", f"num-rounds=3 {common}"], env=fed.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_rounds(result_file, 1, timeout=240)
+        os.kill(fed.pids["supernode-2"], 9)
+        output, _ = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output[-3000:] + fed.logs()
+    first = json.loads(result_file.read_text())
+    assert [r["round"] for r in first["rounds"]] == [1, 2, 3]
+    lost = [entry for r in first["rounds"][1:] for entry in r["lost_nodes"]]
+    assert lost and all(entry["users"] for entry in lost), first["rounds"][1:]
+    assert first["rounds"][-1]["phases"]["train"]["ok"] == 2
+    # the scheduled unshare requests of the surviving nodes were acknowledged, and no trace
+    # of the withdrawn pairs is left in the server's state directory
+    withdrawn = []
+    for i in range(2):
+        for ledger_file in (fed.run_dir / "state" / f"node-{i}").rglob("ledger.json"):
+            for request in read_ledger(ledger_file.parent).requests:
+                assert request.status == "done", request
+                withdrawn += [(request.user, int(item)) for item in request.items]
+    assert withdrawn
+    findings, scanned = audit_state_dir(fed.run_dir / "state" / "server" / "faulty",
+                                        np.array(withdrawn))
+    assert findings == [] and scanned >= 2
+
+    # SuperLink (and everything else) restarted; the ServerApp resumes from its checkpoint
+    assert fed.sh("stop", timeout=60).returncode == 0
+    fed.pids.clear()
+    restarted = fed.start()
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr + fed.logs()
+    again = fed.sh("run", f"num-rounds=4 {common}", timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + fed.logs()
+    second = json.loads(result_file.read_text())
+    assert [r["round"] for r in second["rounds"]] == [1, 2, 3, 4]
+    assert second["rounds"][:3] == first["rounds"]
+    assert second["rounds"][-1]["phases"]["train"]["ok"] == 3
+    assert second["final"]["recall@20"] > 0
+    assert fed.sh("stop", timeout=60).returncode == 0
     assert fed.leftovers() == []
