@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
     unlearning_method: Literal["contrastive", "naive", "retrain"] = "contrastive"
     unlearn_rounds: int = Field(3, ge=0)
     unlearn_hops: int = Field(1, ge=0, le=8)
-    unlearn_steps: int = Field(20, ge=0)
+    unlearn_steps: int = Field(5, ge=0)
     unlearn_weight: float = Field(1.0, ge=0.0)
     unlearn_temperature: float = Field(0.2, gt=0.0)
     unshare_round: int = Field(0, ge=0)

@@ -36,15 +36,18 @@ class EdgeStore:
         return np.stack([self.user, self.item], axis=1) if len(self) else np.zeros((0, 2), np.int64)
 
     def add(self, user: np.ndarray, item: np.ndarray, server_round: int) -> "EdgeStore":
-        """Store with the new edges; an edge already present keeps its original round."""
+        """Store with the new edges; an edge already present keeps its original round.
+
+        Inserts into the sorted keys (O(E) per call) instead of re-sorting the store."""
         old = _keys(self.user, self.item, self.num_items)
-        new = np.setdiff1d(_keys(user, item, self.num_items), old)
-        keys = np.concatenate([old, new])
-        rounds = np.concatenate([self.round, np.full(len(new), server_round, np.int64)])
-        order = np.argsort(keys, kind="stable")
-        keys, rounds = keys[order], rounds[order]
+        query = np.unique(_keys(np.asarray(user), np.asarray(item), self.num_items))
+        pos = np.searchsorted(old, query)
+        present = np.zeros(len(query), bool) if len(old) == 0 else \
+            old[np.minimum(pos, len(old) - 1)] == query
+        keys = np.insert(old, pos[~present], query[~present])
+        rounds = np.insert(self.round, pos[~present], np.int64(server_round))
         return EdgeStore(self.num_users, self.num_items, keys // self.num_items,
-                         keys % self.num_items, rounds)
+                         keys % self.num_items, rounds.astype(np.int64))
 
     def remove(self, user: np.ndarray, item: np.ndarray) -> "EdgeStore":
         keep = ~np.isin(_keys(self.user, self.item, self.num_items),
