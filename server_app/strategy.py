@@ -146,20 +146,22 @@ class FedShareStrategy:
         stats.seconds = time.perf_counter() - start
         return stats
 
-    def graph_phase(self) -> tuple[float, float]:
-        """Train the server model on the current graph; returns (loss, seconds)."""
+    def graph_phase(self) -> tuple[float, float, float]:
+        """Train the server model on the current graph (and unlearn, while a task runs);
+        returns (loss, seconds, seconds spent on unlearning steps)."""
         start = time.perf_counter()
         state = self.state
         if state.graph is None or len(state.edges) == 0:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         targets = torch.from_numpy(state.item_emb) if self.cfg.cl_weight > 0 else None
         pairs = torch.from_numpy(state.edges.pairs())
         loss = state.model.train(state.graph, pairs, targets)
-        unlearning = self._unlearning_term()
+        unlearning, unlearn_start = self._unlearning_term(), time.perf_counter()
         if unlearning is not None:  # dedicated steps: BPR on the remaining edges + unlearning
             state.model.train(state.graph, pairs, targets, unlearning, steps=self.cfg.unlearn_steps)
+        unlearn_seconds = time.perf_counter() - unlearn_start if unlearning is not None else 0.0
         state.refresh_views()
-        return loss, time.perf_counter() - start
+        return loss, time.perf_counter() - start, unlearn_seconds
 
     def _lost_nodes(self, nodes: list[int]) -> list[dict]:
         """Nodes that failed this round's training, with the (sharing) users the server knows
@@ -279,7 +281,7 @@ class FedShareStrategy:
         edges_before = self.state.edges_version
         self.state.rebuild_graph_if_changed()
         unlearning = self.state.unlearning is not None
-        server_loss, server_seconds = self.graph_phase()
+        server_loss, server_seconds, unlearn_seconds = self.graph_phase()
         self._advance_unlearning()
         train, train_loss = self.train_phase(grid, nodes, rnd)
         record = {
@@ -289,7 +291,8 @@ class FedShareStrategy:
             "generation": self.state.generation, "unlearning": unlearning,
             "lost_nodes": self._lost_nodes(train.lost),
             "phases": {"unshare": _phase_dict(unshare), "share": _phase_dict(share),
-                       "train": _phase_dict(train), "graph": {"seconds": server_seconds}},
+                       "train": _phase_dict(train),
+                       "graph": {"seconds": server_seconds, "unlearn_seconds": unlearn_seconds}},
         }
         if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
             evaluation, metrics = self.evaluate_phase(grid, all_nodes, rnd)
