@@ -27,6 +27,7 @@ from common.models import lightgcn_propagate
 
 log = logging.getLogger("flwr.fedshare")
 NEIGHBOUR_WEIGHT = 0.05  # pull on affected nodes that lost no edge themselves
+UNLEARN_BATCH = 1024     # anchors per unlearning step (InfoNCE cost grows with its square)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def unlearning_loss(task: UnlearningTask, users: torch.Tensor, items: torch.Tens
     graph evidence was withdrawn, scaled by the mean withdrawn fraction: a user who
     withdrew everything is pulled back fully, one who withdrew 30 % of their edges gently,
     and BPR on the remaining edges keeps what is still shared (see module docstring)."""
-    pick = torch.multinomial(task.weight, min(batch, len(task.nodes)), replacement=True,
+    pick = torch.multinomial(task.weight, min(batch, UNLEARN_BATCH, len(task.nodes)),
+                             replacement=True,
                              generator=generator)
     anchors = _stacked(users, items)[task.nodes[pick]]
     loss = info_nce(anchors, task.positive[pick], task.negative[pick], temperature)
