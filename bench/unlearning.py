@@ -117,6 +117,9 @@ def withdraw(session: Session, user_fraction: float, item_fraction: float, seed:
     return np.concatenate(withdrawn)
 
 
+MAX_TARGETS = 5000  # withdrawn pairs scored (a seeded sample when there are more)
+
+
 def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
     """Ranks of withdrawn / still-shared / never-seen pairs under the server model, and the
     membership-inference AUC on the withdrawn pairs."""
@@ -124,6 +127,8 @@ def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
     users, items = state.model.propagated(state.graph)
     shared = state.edges.pairs()
     rng = np.random.default_rng(seed)
+    if len(withdrawn) > MAX_TARGETS:
+        withdrawn = withdrawn[np.sort(rng.choice(len(withdrawn), MAX_TARGETS, replace=False))]
     everything = np.concatenate([ds.train, ds.valid, ds.test])
     wusers = np.unique(withdrawn[:, 0])
     never = sample_never_seen(everything, wusers, 10, ds.num_items, seed)

@@ -36,9 +36,6 @@ class NodeData:
     def to_local(self, user: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.users, user)
 
-    def _local_pairs(self, pairs: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.to_local(pairs[:, 0]), pairs[:, 1]], 1))
-
 
 def default_state_dir(cfg: RunConfig, partition_id: int, num_partitions: int) -> Path:
     """``<state-dir>/<sharing fingerprint>/node-<p>-of-<n>``: one ledger per sharing setup."""
@@ -54,13 +51,14 @@ def load_node(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeDat
                       max_users=cfg.max_users or None)
     users = partition_users(ds.num_users, partition_id, num_partitions)
     part = ds.users_slice(users)
-    node = NodeData(partition_id=partition_id, users=users, train=part.train,
-                    train_local=torch.empty(0), valid_local=torch.empty(0),
-                    test_local=torch.empty(0), num_users=ds.num_users,
+
+    def local(pairs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.searchsorted(users, pairs[:, 0]), pairs[:, 1]], 1))
+
+    return NodeData(partition_id=partition_id, users=users, train=part.train,
+                    train_local=local(part.train), valid_local=local(part.valid),
+                    test_local=local(part.test), num_users=ds.num_users,
                     num_items=ds.num_items, fingerprint=ds.fingerprint)
-    return NodeData(**{**node.__dict__, "train_local": node._local_pairs(part.train),
-                       "valid_local": node._local_pairs(part.valid),
-                       "test_local": node._local_pairs(part.test)})
 
 
 def node_ledger(cfg: RunConfig, node: NodeData, state_dir: Path) -> Ledger:

@@ -48,8 +48,3 @@ def content_bytes(content: RecordDict) -> int:
         elif isinstance(record, (MetricRecord, ConfigRecord)):
             total += record.count_bytes()
     return total
-
-
-def metrics_of(content: RecordDict, key: str = "metrics") -> dict[str, float]:
-    """Plain dict of a reply's MetricRecord."""
-    return {name: value for name, value in content.metric_records[key].items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -94,12 +95,17 @@ def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = 
     return result
 
 
+@lru_cache(maxsize=8)
+def _manifest(cfg: RunConfig, fingerprint: str) -> dict:
+    return run_manifest(cfg.as_dict(), cfg.seed, fingerprint)  # once per run (runs git)
+
+
 def _result(cfg: RunConfig, state: ServerState, seconds: float) -> dict:
     history = state.history
     fingerprint = state.catalog.fingerprint if state.catalog else ""
     evaluated = [r for r in history if r.get("metrics")]
     return {
-        "manifest": run_manifest(cfg.as_dict(), cfg.seed, fingerprint),
+        "manifest": dict(_manifest(cfg, fingerprint)),
         "rounds": history,
         "final": evaluated[-1]["metrics"] if evaluated else {},
         "seconds": seconds,

@@ -144,8 +144,7 @@ class ServerState:
                                   f"{int((~held).sum())} of the {len(items)} requested items")
         return UnshareOutcome(request_id, False)
 
-    def apply_unshares(self, node: int, requests: dict[int, tuple[int, np.ndarray]],
-                       rnd: int) -> np.ndarray:
+    def apply_unshares(self, node: int, requests: dict[int, tuple[int, np.ndarray]]) -> np.ndarray:
         """Judge and apply a node's requests; persist; queue the acks. Returns the pairs
         removed (for the caller to start unlearning and then drop)."""
         removed = []
@@ -159,7 +158,7 @@ class ServerState:
         pairs = np.concatenate(removed) if removed else np.zeros((0, 2), np.int64)
         return pairs
 
-    def remove_edges(self, pairs: np.ndarray, rnd: int) -> int:
+    def remove_edges(self, pairs: np.ndarray) -> int:
         """Withdraw ``pairs``: edges gone, graph rebuilt, files rewritten. Returns the round
         the earliest of them had entered the graph."""
         entered = int(self.edges.rounds_of(pairs[:, 0], pairs[:, 1]).min())

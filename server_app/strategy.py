@@ -114,7 +114,7 @@ class FedShareStrategy:
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: unshare rejected: {exc}")
                 continue
-            removed.append(state.apply_unshares(node, requests, rnd))
+            removed.append(state.apply_unshares(node, requests))
             for outcome in state.pending_acks.get(node, []):
                 if outcome.refused:
                     stats.rejected.append(f"node {node}: unshare request {outcome.request_id} "
@@ -124,7 +124,7 @@ class FedShareStrategy:
         if len(pairs):
             state.rebuild_graph_if_changed()
             old_graph = state.graph
-            entered = state.remove_edges(pairs, rnd)
+            entered = state.remove_edges(pairs)
             state.persist_edges()                # durable before any acknowledgement
             state.start_unlearning(old_graph, pairs, entered)
             stats.withdrawn = len(pairs)
