@@ -261,11 +261,14 @@ class FedShareStrategy:
 
     # ---------------------------------------------------------------- loop
     def sample(self, node_ids: Iterable[int]) -> list[int]:
+        """``fraction-train`` of the nodes, seeded. Indices are drawn, not ids: Flower's node
+        ids are 64-bit and numpy would turn a mix of them into floats."""
         nodes = sorted(node_ids)
         count = max(1, int(round(self.cfg.fraction_train * len(nodes))))
         if count >= len(nodes):
             return nodes
-        return sorted(self.rng.choice(nodes, size=count, replace=False).tolist())
+        picked = self.rng.choice(len(nodes), size=count, replace=False)
+        return sorted(nodes[int(i)] for i in picked)
 
     def run_round(self, grid, rnd: int) -> dict:
         """One round; returns its record (also appended to ``state.history``)."""

@@ -173,3 +173,12 @@ def test_restarted_server_resumes_from_checkpoint(tmp_path):
     assert state.round == 4 and not (state.edges.user == user).any()
     assert read_ledger(dirs[0]).requests[0].status == "done"
     assert any(not o.refused for o in state.outcomes.values())
+
+
+def test_sampling_keeps_64_bit_node_ids_exact(tmp_path):
+    cfg = _cfg(tmp_path, **{"fraction-train": 0.5})
+    strategy = FedShareStrategy(cfg, ServerState(cfg, tmp_path / "s"))
+    ids = [2**63 + 5, 3, 2**62 + 1, 2**64 - 1]
+    picked = strategy.sample(ids)
+    assert len(picked) == 2 and set(picked) <= set(ids)
+    assert all(type(n) is int for n in picked)
