@@ -1,5 +1,6 @@
 """End to end through Flower's own runtime: `flwr run .` (deploy/simulate.sh) on a small
-real slice of ML-100K, 2 rounds, 3 simulated SuperNodes; the metrics it writes must beat a
+real slice of ML-100K, 2 rounds, 3 simulated SuperNodes (2 sampled per round, so Flower's 64-bit node ids go
+through our sampling); the metrics it writes must beat a
 random ranker. The local SuperLink that `flwr run` starts is stopped by PID by the script."""
 
 import json
@@ -27,7 +28,7 @@ def test_flwr_run_two_rounds_beats_random(tmp_path):
     env = {**os.environ, "NODES": "3", "FLWR_HOME": str(tmp_path / "flwr"),
            "FEDSHARE_STATE_DIR": str(tmp_path / "state"), "FEDSHARE_OUT_DIR": str(tmp_path / "out"),
            "FEDSHARE_DATA_DIR": str(default_data_root())}
-    overrides = ("num-rounds=2 max-users=150 eval-every=1 fraction-train=1.0 "
+    overrides = ("num-rounds=2 max-users=150 eval-every=1 fraction-train=0.67 "
                  "sharing-ratio=0.5 server-epochs=3.0 local-epochs=2")
     proc = subprocess.run([str(ROOT / "deploy" / "simulate.sh"), overrides], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -36,6 +37,7 @@ def test_flwr_run_two_rounds_beats_random(tmp_path):
     assert len(files) == 1, proc.stdout[-2000:]
     result = json.loads(files[0].read_text())
     assert [r["round"] for r in result["rounds"]] == [1, 2]
+    assert all(r["nodes_sampled"] == 2 for r in result["rounds"])
     assert result["manifest"]["packages"]["flwr"] == "1.41.0"
     assert len(result["manifest"]["data_fingerprint"]) == 64
     final = result["final"]
