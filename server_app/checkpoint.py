@@ -16,6 +16,7 @@ import torch
 
 from common.atomic import atomic_write_bytes
 from server_app.edge_store import EdgeStore
+from server_app.records import Catalog, UnshareOutcome
 
 if TYPE_CHECKING:
     from server_app.state import ServerState
@@ -44,8 +45,6 @@ def save(state: "ServerState", path: Path) -> None:
 
 def load(state: "ServerState", path: Path) -> None:
     """Restore ``state`` in place from ``path`` (see :func:`save`)."""
-    from server_app.state import Catalog, UnshareOutcome
-
     payload = torch.load(path, weights_only=False)
     state.initialize(Catalog(*payload["catalog"]))
     state.round, state.generation = payload["round"], payload["generation"]

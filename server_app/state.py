@@ -9,7 +9,7 @@ anything is acknowledged to a node.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +21,12 @@ from common.config import RunConfig
 from common.graph import Graph, build_graph
 from server_app import checkpoint
 from server_app.edge_store import EdgeStore
+from server_app.records import Catalog, UnshareOutcome
 from server_app.graph_model import ServerGraphModel, ServerHyper
 from server_app.unlearning import UnlearningTask, start_task
 from server_app.validation import ReplyError, parse_share
 
 log = logging.getLogger("flwr.fedshare")
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Id spaces and data fingerprint, as reported (and agreed on) by the nodes."""
-
-    num_users: int
-    num_items: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class UnshareOutcome:
-    request_id: int
-    refused: bool
-    reason: str = ""
 
 
 class ServerState:
