@@ -62,7 +62,7 @@ class EdgeStore:
         found = (keys[pos] == query) if len(keys) else np.zeros(len(query), bool)
         return pos, found
 
-    def count_pairs(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Boolean per queried pair: is it stored?"""
         return self._positions(user, item)[1]
 

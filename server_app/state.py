@@ -39,6 +39,7 @@ class ServerState:
         self.item_emb: np.ndarray | None = None
         self.edges: EdgeStore | None = None
         self.edges_version = 0
+        self._dirty = False                           # edges changed since last persisted
         self.graph: Graph | None = None
         self._graph_version = -1
         self.model: ServerGraphModel | None = None
@@ -123,7 +124,7 @@ class ServerState:
             return self.outcomes[request_id]
         if user not in self.owner or not self._may_act_for(node, user):
             return UnshareOutcome(request_id, True, f"user {user} is not shared by this node")
-        held = self.edges.count_pairs(np.full(len(items), user), items)
+        held = self.edges.contains(np.full(len(items), user), items)
         if not held.all():
             return UnshareOutcome(request_id, True, f"user {user} never shared "
                                   f"{int((~held).sum())} of the {len(items)} requested items")
@@ -188,7 +189,7 @@ class ServerState:
 
     def persist_edges(self) -> None:
         """Rewrite the edge file and the checkpoint if edges changed (before any ack)."""
-        if getattr(self, "_dirty", False):
+        if self._dirty:
             self.edges.save(self.state_dir / "edges.npz")
             self.save()
             self._dirty = False

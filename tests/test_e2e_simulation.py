@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from common.datasets import default_data_root, load_dataset
+from tests.ranking import random_ranker_recall
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _random_ranker_recall(ds, k: int) -> float:
-    """Expected Recall@k of a uniformly random ranking over each user's unmasked items."""
-    known = np.bincount(np.concatenate([ds.train[:, 0], ds.valid[:, 0]]), minlength=ds.num_users)
-    users = np.unique(ds.test[:, 0])
-    return float(np.mean(k / (ds.num_items - known[users])))
 
 
 @pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(), reason="no ML-100K")
@@ -43,7 +37,7 @@ def test_flwr_run_two_rounds_beats_random(tmp_path):
     final = result["final"]
     ds = load_dataset("ml-100k", max_users=150)
     assert final["num-users"] == len(np.unique(ds.test[:, 0]))
-    assert final["recall@20"] > 3 * _random_ranker_recall(ds, 20), final
+    assert final["recall@20"] > 3 * random_ranker_recall(ds, 20), final
     assert result["rounds"][-1]["shared_edges"] > 0
     # the local simulation SuperLink started for this run is gone
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "flwr")], capture_output=True, text=True)

@@ -64,11 +64,11 @@ def test_request_survives_node_restart_and_is_acknowledged_once(tmp_path, capsys
     old = session.grid.contexts[1]
     session.grid.contexts[1] = Context(run_id=old.run_id, node_id=1, node_config=old.node_config,
                                        state=RecordDict(), run_config=old.run_config)
-    assert session.state.edges.count_pairs(np.full(3, user), items).all()
+    assert session.state.edges.contains(np.full(3, user), items).all()
     session.run_rounds(3)
     ledger = read_ledger(node_dir)
     assert [(r.request_id, r.status) for r in ledger.requests] == [(request_id, DONE)]
-    assert not session.state.edges.count_pairs(np.full(3, user), items).any()
+    assert not session.state.edges.contains(np.full(3, user), items).any()
     assert _acks_sent(session, request_id) == 1
     assert "pending until the server confirms" in capsys.readouterr().out
 

@@ -24,6 +24,7 @@ import pytest
 
 from client_app.ledger import read_ledger
 from common.datasets import default_data_root, load_dataset
+from tests.ranking import random_ranker_recall
 from server_app.audit import audit_state_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,13 +34,6 @@ PR_SET_CHILD_SUBREAPER = 36
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("openssl", "curl", "ssh-keygen", "setsid")),
     reason="needs openssl, curl, ssh-keygen and setsid")
-
-
-def _random_ranker_recall(ds, k: int) -> float:
-    """Expected Recall@k of a uniformly random ranking over each user's unmasked items."""
-    known = np.bincount(np.concatenate([ds.train[:, 0], ds.valid[:, 0]]), minlength=ds.num_users)
-    users = np.unique(ds.test[:, 0])
-    return float(np.mean(k / (ds.num_items - known[users])))
 
 
 def _port_free(port: int) -> bool:
@@ -200,7 +194,7 @@ def test_tls_federation_two_rounds_beats_random(federation):
     ds = load_dataset("ml-100k", max_users=150)
     final = result["final"]
     assert final["num-users"] == len(np.unique(ds.test[:, 0]))
-    assert final["recall@20"] > 3 * _random_ranker_recall(ds, 20), final
+    assert final["recall@20"] > 3 * random_ranker_recall(ds, 20), final
     # each SuperNode's node config `state-dir` holds its sharing ledger
     for i in range(3):
         assert list((fed.run_dir / "state" / f"node-{i}").rglob("ledger.json")), i
