@@ -3,7 +3,7 @@
     python bench/quality.py --dataset ml-100k --out bench/out/quality-ml-100k.json
 
 Every federated row runs the real ServerApp strategy and ClientApp handlers (in one
-process, see bench/inprocess.py) for ``--rounds`` rounds; the centralized rows train for
+process, see harness/inprocess.py) for ``--rounds`` rounds; the centralized rows train for
 the same number of epochs with the same evaluator. Writes one JSON list of rows.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from bench.inprocess import run_inprocess  # noqa: E402
+from harness.inprocess import run_inprocess  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402

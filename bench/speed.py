@@ -2,7 +2,7 @@
 
     python bench/speed.py --dataset ml-1m --out bench/out/speed-ml-1m.json
 
-Runs the real ServerApp strategy and ClientApp handlers in one process (bench/inprocess.py;
+Runs the real ServerApp strategy and ClientApp handlers in one process (harness/inprocess.py;
 every node trains in turn, so a round is the sum of all nodes' work on this machine) with
 every node sampled, and reports seconds per round split by phase, the centralized BPR-MF
 epoch on the same interactions, bytes uploaded per client per round against the floor
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from bench.inprocess import run_inprocess  # noqa: E402
+from harness.inprocess import run_inprocess  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402

@@ -3,7 +3,7 @@
     python bench/unlearning.py --dataset ml-100k --out bench/out/unlearning-ml-100k.json
 
 Learning phase: ``--learn-rounds`` FedShare rounds (every node sampled) with the real
-ServerApp strategy and ClientApp handlers (bench/inprocess.py). Then, for each scenario
+ServerApp strategy and ClientApp handlers (harness/inprocess.py). Then, for each scenario
 (``users-all``: 10 % of sharing users withdraw everything; ``random-30``: 30 % of every
 user's shared interactions), unshare requests are written into the nodes' ledgers exactly
 as the CLI does, and each method runs on its own copy of the learned federation:
@@ -21,13 +21,9 @@ fru_storage_bytes}``; ranks and the membership attack use the server (global) mo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,85 +32,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from bench.inprocess import InProcessGrid  # noqa: E402
-from client_app.ledger import read_ledger, update_ledger  # noqa: E402
 from common.config import RunConfig, load_config  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from common.forgetting import membership_auc, pair_ranks, sample_never_seen  # noqa: E402
-from common.sharing import scheduled_withdrawals  # noqa: E402
-from server_app.state import ServerState  # noqa: E402
-from server_app.strategy import FedShareStrategy  # noqa: E402
+from harness.session import Session, clone, new_session, withdraw  # noqa: E402
+from server_app.records import RoundRecord  # noqa: E402
 from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  # noqa: E402
 
 SCENARIOS = {"users-all": (0.1, 1.0), "random-30": (1.0, 0.3)}
 COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
            "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "unlearn_seconds",
            "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
-
-
-@dataclass
-class Session:
-    """A federation in one process: server state + strategy + nodes (+ their state dirs)."""
-
-    workdir: Path
-    grid: InProcessGrid
-    state: ServerState
-    strategy: FedShareStrategy
-    history: list
-    next_round: int = 1
-
-    def run_rounds(self, count: int) -> list[dict]:
-        records = []
-        for _ in range(count):
-            start = time.perf_counter()
-            record = self.strategy.run_round(self.grid, self.next_round)
-            record["seconds"] = time.perf_counter() - start
-            records.append(record)
-            self.next_round += 1
-        self.history += records
-        return records
-
-    def node_dirs(self) -> list[Path]:
-        return [Path(c.node_config["state-dir"]) for c in self.grid.contexts.values()]
-
-
-def new_session(cfg: RunConfig, nodes: int, workdir: Path) -> Session:
-    dirs = [str(workdir / "nodes" / f"node-{p}") for p in range(nodes)]
-    grid = InProcessGrid(cfg.as_dict(), nodes, node_state_dirs=dirs)
-    state = ServerState(cfg, workdir / "server")
-    return Session(workdir, grid, state, FedShareStrategy(cfg, state), [])
-
-
-def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
-    """An independent copy (memory and state directories) running under ``cfg``."""
-    shutil.copytree(session.workdir, workdir)
-    graph, version = session.state.graph, session.state._graph_version
-    session.state.graph, session.state._graph_version = None, -1  # sparse CSR can't deepcopy
-    grid, state = copy.deepcopy(session.grid), copy.deepcopy(session.state)
-    session.state.graph, session.state._graph_version = graph, version
-    state.rebuild_graph_if_changed()
-    for pid, context in enumerate(grid.contexts.values()):
-        context.node_config["state-dir"] = str(workdir / "nodes" / f"node-{pid}")
-    state.cfg, state.state_dir = cfg, workdir / "server"
-    strategy = FedShareStrategy(cfg, state)
-    strategy.rng = copy.deepcopy(session.strategy.rng)
-    return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
-
-
-def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int) -> np.ndarray:
-    """Write the scenario's unshare requests into every node's ledger (as the CLI does)."""
-    withdrawn = []
-    for node_dir in session.node_dirs():
-        pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
-                                      item_fraction, seed)
-        for user in np.unique(pairs[:, 0]).tolist():
-            update_ledger(node_dir, lambda ledger: ledger.unshare(user, pairs[pairs[:, 0] == user, 1])[0])
-        withdrawn.append(pairs)
-    # The nodes would flag the requests in their next train reply; flag them now so that the
-    # next round carries them (saves one round per method in the benchmark).
-    session.state.unshare_nodes |= set(session.grid.get_node_ids())
-    return np.concatenate(withdrawn)
 
 
 MAX_TARGETS = 5000  # withdrawn pairs scored (a seeded sample when there are more)
@@ -145,13 +74,13 @@ def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
     }
 
 
-def unlearn_seconds(records: list[dict], method: str) -> float:
+def unlearn_seconds(records: list[RoundRecord], method: str) -> float:
     """Time of the unlearning step: for Retrain every round of the retraining; otherwise the
     unshare phase (erasure) plus the dedicated contrastive unlearning steps."""
     if method == "retrain":
-        return sum(r["seconds"] for r in records)
-    return records[0]["phases"]["unshare"]["seconds"] + \
-        sum(r["phases"]["graph"].get("unlearn_seconds", 0.0) for r in records)
+        return sum(r.seconds for r in records)
+    return records[0].phases["unshare"].seconds + \
+        sum(r.phases["graph"].unlearn_seconds for r in records)
 
 
 def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, args, ds,
@@ -162,8 +91,7 @@ def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, arg
     withdrawn = withdraw(session, user_fraction, item_fraction, args.seed)
     rounds = args.learn_rounds if method == "retrain" else args.unlearn_rounds
     records = session.run_rounds(rounds)
-    _, metrics = session.strategy.evaluate_phase(session.grid, list(session.grid.get_node_ids()),
-                                                 session.next_round - 1)
+    metrics = session.evaluate()
     row = {"scenario": scenario, "method": method, "withdrawn_pairs": len(withdrawn),
            "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
            **forgetting(session, ds, withdrawn, args.seed),

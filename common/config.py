@@ -45,6 +45,7 @@ class RunConfig(BaseModel):
     fraction_train: float = Field(0.2, gt=0.0, le=1.0)
     min_nodes: int = Field(1, ge=1)
     round_timeout: float = Field(600.0, gt=0.0)
+    poll_interval: float = Field(0.05, gt=0.0, le=60.0)
     eval_every: int = Field(5, ge=0)
     # local (client) model
     embedding_dim: int = Field(64, ge=1, le=1024)

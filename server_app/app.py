@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.atomic import atomic_write_json
 from common.config import RunConfig, load_config
 from common.manifest import run_manifest
-from server_app import checkpoint
+from server_app.records import RoundRecord
 from server_app.state import ServerState
 from server_app.strategy import FedShareStrategy, Tap
 
@@ -48,51 +48,44 @@ def result_path(cfg: RunConfig, run_id: int) -> Path:
         f"fedshare-{cfg.dataset}-rho{cfg.sharing_ratio:g}-{run_label(cfg, run_id)}.json"
 
 
-def _progress(record: dict, num_rounds: int) -> str:
-    phases = record.get("phases", {})
-    up = sum(p.get("bytes_up", 0) for p in phases.values())
-    down = sum(p.get("bytes_down", 0) for p in phases.values())
-    text = (f"round {record['round']}/{num_rounds} | loss {record.get('train_loss', float('nan')):.4f}"
-            f" | server loss {record.get('server_loss', 0.0):.4f} | shared edges "
-            f"{record.get('shared_edges', 0)} | up {up / 1e6:.2f} MB down {down / 1e6:.2f} MB"
-            f" | {record['seconds']:.1f}s")
-    metrics = record.get("metrics")
-    if metrics:
-        text += " | " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "num-users")
+def _progress(record: RoundRecord, num_rounds: int) -> str:
+    up = sum(p.bytes_up for p in record.phases.values())
+    down = sum(p.bytes_down for p in record.phases.values())
+    text = (f"round {record.round}/{num_rounds} | loss {record.train_loss:.4f}"
+            f" | server loss {record.server_loss:.4f} | shared edges {record.shared_edges}"
+            f" | up {up / 1e6:.2f} MB down {down / 1e6:.2f} MB | {record.seconds:.1f}s")
+    if record.metrics:
+        text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.metrics.items()
+                                 if k != "num-users")
     return text
 
 
 def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = None) -> dict:
     """Run (or resume) all rounds; writes and returns ``{"manifest", "rounds", "final"}``.
 
-    The server state is checkpointed atomically after every round; a run started again with
-    the same ``run-name`` continues after the last checkpointed round."""
+    The server state is saved atomically after every round; a run started again with the
+    same ``run-name`` continues after the last saved round."""
     torch.set_num_threads(cfg.torch_threads)  # shares the cores with the ClientApps
-    state = ServerState(cfg, Path(cfg.state_dir) / "server" / run_label(cfg, run_id))
-    if (state.state_dir / checkpoint.CHECKPOINT_FILE).exists():
-        checkpoint.load(state, state.state_dir / checkpoint.CHECKPOINT_FILE)
+    state = ServerState.load(cfg, Path(cfg.state_dir) / "server" / run_label(cfg, run_id))
+    if state.round:
         log.info("resuming %s after round %d", state.state_dir, state.round)
     strategy = FedShareStrategy(cfg, state, tap)
     nodes = wait_for_nodes(grid, cfg.min_nodes, cfg.round_timeout)
     log.info("FedShare: %d nodes connected, %d rounds, sharing-ratio %g", len(nodes),
              cfg.num_rounds, cfg.sharing_ratio)
     out, started = result_path(cfg, run_id), time.perf_counter()
-    result = _result(cfg, state, time.perf_counter() - started)
-    for rnd in range(state.round + 1, cfg.num_rounds + 1):
-        round_start = time.perf_counter()
-        record = strategy.run_round(grid, rnd)
-        record["seconds"] = time.perf_counter() - round_start
-        state.history.append(record)
-        state.save()
-        if not record.get("skipped"):
+
+    def report(record: RoundRecord) -> None:
+        if not record.skipped:
             log.info(_progress(record, cfg.num_rounds))
-        for phase, stats in record.get("phases", {}).items():
-            for reason in stats.get("rejected", []):
-                log.warning("round %d %s: %s", rnd, phase, reason)
-        result = _result(cfg, state, time.perf_counter() - started)
-        atomic_write_json(out, result)
+        for phase, stats in record.phases.items():
+            for reason in stats.rejected:
+                log.warning("round %d %s: %s", record.round, phase, reason)
+        atomic_write_json(out, _result(cfg, state, time.perf_counter() - started))
+
+    strategy.run(grid, range(state.round + 1, cfg.num_rounds + 1), report)
     log.info("FedShare finished: results in %s", out.resolve())
-    return result
+    return _result(cfg, state, time.perf_counter() - started)
 
 
 @lru_cache(maxsize=8)
@@ -101,13 +94,12 @@ def _manifest(cfg: RunConfig, fingerprint: str) -> dict:
 
 
 def _result(cfg: RunConfig, state: ServerState, seconds: float) -> dict:
-    history = state.history
     fingerprint = state.catalog.fingerprint if state.catalog else ""
-    evaluated = [r for r in history if r.get("metrics")]
+    evaluated = [r for r in state.history if r.metrics]
     return {
         "manifest": dict(_manifest(cfg, fingerprint)),
-        "rounds": history,
-        "final": evaluated[-1]["metrics"] if evaluated else {},
+        "rounds": [record.to_dict() for record in state.history],
+        "final": evaluated[-1].metrics if evaluated else {},
         "seconds": seconds,
         "server_state_dir": str(state.state_dir),
     }

@@ -76,20 +76,19 @@ def audit_state_dir(state_dir: Path, pairs: np.ndarray) -> tuple[list[str], int]
 
 
 def audit_live(state, pairs: np.ndarray) -> list[str]:
-    """Findings in a running server's memory: edge store, graph, unlearning task, acks."""
+    """Findings in a running server's memory. Only two structures of the server state hold
+    (user, item) pairs: the edge store and the graph built from it (``edge_index``). Answers
+    and outcomes are typed (:class:`common.protocol.UnshareAnswer`: request id, flag,
+    reason) and the unlearning task holds node ids and embeddings, never pairs."""
     wanted, findings = _pair_keys(pairs[:, 0], pairs[:, 1]), []
     if state.edges is not None and wanted & _pair_keys(state.edges.user, state.edges.item):
         findings.append("edge store")
-    if state.graph is not None:
-        src, dst = state.graph.edge_index
-        users = src < state.graph.num_users
-        graph_pairs = _pair_keys(src[users].numpy(), (dst[users] - state.graph.num_users).numpy())
-        if wanted & graph_pairs:
+    graph = state.graph
+    if graph is not None:
+        src, dst = graph.edge_index
+        users = src < graph.num_users
+        if wanted & _pair_keys(src[users].numpy(), (dst[users] - graph.num_users).numpy()):
             findings.append("graph edge_index")
-    for name in ("outcomes", "pending_acks"):
-        text = repr(getattr(state, name))
-        if any(f"({u}, {i})" in text for u, i in wanted):
-            findings.append(name)
     return findings
 
 

@@ -3,7 +3,7 @@ global views, no alignment -- checked on the messages the server sends."""
 
 import pytest
 
-from bench.inprocess import InProcessGrid
+from harness.inprocess import InProcessGrid
 from common.config import load_config
 from common.datasets import default_data_root
 from server_app.app import run_fedshare

@@ -9,21 +9,16 @@ server -- in messages or in its state on disk -- are the shared ones.
 import numpy as np
 import pytest
 
-from bench.inprocess import run_inprocess
 from common.config import load_config
 from common.datasets import default_data_root, load_dataset
+from common.protocol import EVALUATE, REPLIES, SHARE, TRAIN, UNSHARE
 from common.sharing import shared_pairs
-from server_app.edge_store import EdgeStore
+from harness.inprocess import run_inprocess
+from server_app.state import ServerState
 
-ALLOWED = {  # phase -> record name -> allowed array/metric/config keys
-    "share": {"share": {"user", "item"}, "metrics": {"num-pairs", "num-users", "num-items"},
-              "catalog": {"fingerprint"}},
-    "train": {"update": {"index", "values", "counts"},
-              "metrics": {"loss", "num-examples", "pending-sharing", "pending-unshare"}},
-    "unshare": {"unshare": {"request", "user", "item"}, "metrics": {"num-requests", "num-pairs"}},
-    "evaluate": {"metrics": {"num-users"} | {f"{m}@{k}" for m in ("recall", "ndcg")
-                                              for k in (10, 20, 50)}},
-}
+# what may leave a node in each phase: exactly the records and keys the protocol declares
+ALLOWED = {phase: REPLIES[action].RECORDS for phase, action in
+           {"unshare": UNSHARE, "share": SHARE, "train": TRAIN, "evaluate": EVALUATE}.items()}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +37,8 @@ def test_every_reply_only_carries_whitelisted_fields(tapped_run):
     _, replies, _ = tapped_run
     assert {phase for phase, _ in replies} == {"share", "train", "evaluate"}
     for phase, msg in replies:
-        records = dict(msg.content.items())
-        assert set(records) <= set(ALLOWED[phase]), (phase, set(records))
-        for name, record in records.items():
-            assert set(record.keys()) <= ALLOWED[phase][name], (phase, name, set(record.keys()))
+        records = {name: set(record.keys()) for name, record in msg.content.items()}
+        assert records == {name: set(keys) for name, keys in ALLOWED[phase].items()}, phase
 
 
 def test_only_shared_pairs_reach_the_server(tapped_run):
@@ -61,13 +54,24 @@ def test_only_shared_pairs_reach_the_server(tapped_run):
             received |= set(zip(record["user"].numpy().tolist(), record["item"].numpy().tolist()))
     assert received == shared          # everything shared arrives, nothing else
     assert not received & private
-    store = EdgeStore.load(f"{result['server_state_dir']}/edges.npz")
-    assert {tuple(p) for p in store.pairs()} == shared
+    state = ServerState.load(cfg, result["server_state_dir"])
+    assert {tuple(p) for p in state.edges.pairs()} == shared
 
 
 def test_train_and_evaluate_replies_carry_no_user_ids(tapped_run):
-    _, replies, _ = tapped_run
+    cfg, replies, _ = tapped_run
+    num_items = load_dataset(cfg.dataset, max_users=cfg.max_users).num_items
+    counted = {"train": 0, "evaluate": 0}
     for phase, msg in replies:
-        if phase == "train":
-            index = msg.content.array_records["update"]["index"].numpy()
-            assert index.dtype == np.int64  # item rows only; no array names a user
+        if phase not in counted:
+            continue
+        counted[phase] += 1
+        arrays = {f"{name}/{key}": array for name, record in msg.content.array_records.items()
+                  for key, array in record.items()}
+        if phase == "evaluate":
+            assert arrays == {}                          # metric sums only
+        else:                                            # item rows only
+            assert set(arrays) == {"update/index", "update/values", "update/counts"}
+            index = arrays["update/index"].numpy()
+            assert index.dtype == np.int64 and (index < num_items).all()
+    assert counted["train"] == 6 and counted["evaluate"] == 6    # 3 nodes x 2 rounds each

@@ -64,21 +64,6 @@ def test_order_and_duplicates_do_not_matter():
     _same_graph(reference, duplicated)
 
 
-def test_removing_edges_equals_building_without_them():
-    torch.manual_seed(1)
-    users, items = torch.randint(0, 20, (150,)), torch.randint(0, 30, (150,))
-    keep = torch.rand(150) < 0.7
-    # "remove": rebuild from the full list minus every copy of the removed pairs
-    removed = set(zip(users[~keep].tolist(), items[~keep].tolist()))
-    survivors = [(u, i) for u, i in zip(users.tolist(), items.tolist()) if (u, i) not in removed]
-    after_removal = build_graph(torch.tensor([u for u, _ in survivors]),
-                                torch.tensor([i for _, i in survivors]), 20, 30)
-    fresh_pairs = sorted(set(survivors), reverse=True)
-    scratch = build_graph(torch.tensor([u for u, _ in fresh_pairs]),
-                          torch.tensor([i for _, i in fresh_pairs]), 20, 30)
-    _same_graph(after_removal, scratch)
-
-
 def test_empty_edge_set():
     empty = torch.empty(0, dtype=torch.long)
     graph = build_graph(empty, empty, 2, 3)

@@ -39,3 +39,22 @@ def test_save_load_round_trip(tmp_path):
     loaded = EdgeStore.load(tmp_path / "edges.npz")
     assert loaded.pairs().tolist() == store.pairs().tolist()
     assert loaded.round.tolist() == [3, 3] and (loaded.num_users, loaded.num_items) == (5, 7)
+
+
+def test_graph_after_removing_edges_equals_graph_built_without_them():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 20, 150), rng.integers(0, 30, 150)   # with duplicates
+    store = EdgeStore(20, 30).add(users, items, 1)
+    gone = rng.random(150) < 0.3
+    store = store.remove(users[gone], items[gone])
+    removed = set(zip(users[gone].tolist(), items[gone].tolist()))
+    survivors = sorted({(u, i) for u, i in zip(users.tolist(), items.tolist())} - removed,
+                       reverse=True)                                   # another order
+    assert removed and survivors
+    after = torch.from_numpy(store.pairs())
+    graph = build_graph(after[:, 0], after[:, 1], 20, 30)
+    scratch = build_graph(torch.tensor([u for u, _ in survivors]),
+                          torch.tensor([i for _, i in survivors]), 20, 30)
+    assert len(store) == len(survivors)
+    assert torch.equal(graph.edge_index, scratch.edge_index)
+    assert torch.equal(graph.adj.to_dense(), scratch.adj.to_dense())

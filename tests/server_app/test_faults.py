@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
-from bench.inprocess import InProcessGrid
+from harness.inprocess import InProcessGrid
 from client_app.cli import main as cli
 from client_app.ledger import read_ledger
 from common.config import load_config
 from common.datasets import default_data_root
-from common.wire import to_record
-from server_app import checkpoint, validation
+from common.protocol import to_record
+from server_app import validation
 from server_app.app import run_fedshare
 from server_app.state import ServerState
 from server_app.strategy import FedShareStrategy
@@ -57,7 +57,7 @@ class TamperingGrid(InProcessGrid):
 def _run_round(cfg, grid, rounds=2):
     state = ServerState(cfg, cfg.state_dir + "/server")
     strategy = FedShareStrategy(cfg, state)
-    return [strategy.run_round(grid, r) for r in range(1, rounds + 1)], state
+    return strategy.run(grid, range(1, rounds + 1)), state
 
 
 def _set_update(**arrays):
@@ -75,7 +75,7 @@ TRAIN_CASES = {
     "shape": (_set_update(values=lambda u: u["values"][:, :3].copy()), "shapes disagree"),
     "range": (_set_update(index=lambda u: u["index"] + 10_000), "out of range"),
     "duplicates": (_set_update(index=lambda u: np.zeros_like(u["index"])), "duplicate item rows"),
-    "metrics": (lambda r: r.content.__setitem__("metrics", MetricRecord({"loss": 1.0})), "bad metrics"),
+    "metrics": (lambda r: r.content.__setitem__("metrics", MetricRecord({"loss": 1.0})), "metrics keys"),
 }
 
 
@@ -84,8 +84,9 @@ def test_bad_train_reply_is_rejected_and_round_goes_on(tmp_path, case):
     tamper, reason = TRAIN_CASES[case]
     cfg = _cfg(tmp_path)
     records, state = _run_round(cfg, TamperingGrid(cfg, "train", tamper))
-    train = records[-1]["phases"]["train"]
-    assert train["ok"] == 2 and any(r.startswith("node 1:") and reason in r for r in train["rejected"])
+    train = records[-1].phases["train"]
+    assert train.ok == 2 and train.rejected
+    assert all(r.startswith("node 1:") and reason in r for r in train.rejected), train.rejected
     assert np.isfinite(state.item_emb).all()
 
 
@@ -105,8 +106,9 @@ def test_oversized_share_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setattr(validation, "MAX_SHARE_PAIRS", 10)
     cfg = _cfg(tmp_path)
     records, state = _run_round(cfg, TamperingGrid(cfg, "query.share", lambda r: None))
-    share = records[0]["phases"]["share"]
-    assert share["ok"] == 0 and all("oversized share" in r for r in share["rejected"])
+    share = records[0].phases["share"]
+    assert share.ok == 0 and len(share.rejected) == 3
+    assert all("oversized share" in r for r in share.rejected)
 
 
 def test_share_for_users_of_another_node_is_rejected(tmp_path):
@@ -114,11 +116,12 @@ def test_share_for_users_of_another_node_is_rejected(tmp_path):
     # node 1 replaces its users by node 2's (users 20..39 live on partition 1)
     grid = TamperingGrid(cfg, "query.share", _set_share(user=lambda s: s["user"] + 20))
     records, state = _run_round(cfg, grid, rounds=1)
-    share = records[0]["phases"]["share"]
-    rejected = [r for r in share["rejected"] if "another node shares for" in r]
+    share = records[0].phases["share"]
+    rejected = [r for r in share.rejected if "another node shares for" in r]
     # whichever of node 1 / node 2 is judged second is refused; no user gets two owners
-    assert share["ok"] == 2 and len(rejected) == 1
-    assert len(set(state.owner)) == len(state.owner)
+    assert share.ok == 2 and len(rejected) == 1
+    owned = [state.registry.users_of(n).tolist() for n in (1, 2, 3)]
+    assert sum(map(len, owned)) == len(set().union(*owned)) > 0
 
 
 def test_out_of_range_and_catalog_mismatch_shares_are_rejected(tmp_path):
@@ -126,7 +129,7 @@ def test_out_of_range_and_catalog_mismatch_shares_are_rejected(tmp_path):
     grid = TamperingGrid(cfg, "query.share", _set_share(item=lambda s: s["item"] + 100_000))
     records, _ = _run_round(cfg, grid, rounds=1)
     assert any(r.startswith("node 1:") and "item id out of range" in r
-               for r in records[0]["phases"]["share"]["rejected"])
+               for r in records[0].phases["share"].rejected)
 
     def other_data(reply):
         reply.content["catalog"] = ConfigRecord({"fingerprint": "someone-else"})
@@ -134,10 +137,10 @@ def test_out_of_range_and_catalog_mismatch_shares_are_rejected(tmp_path):
     # (the first node to answer fixes the federation's catalog; node 3 answers last)
     grid = TamperingGrid(cfg2, "query.share", other_data, tamper_node=3)
     records, _ = _run_round(cfg2, grid, rounds=1)
-    share = records[0]["phases"]["share"]
-    assert share["ok"] == 2
+    share = records[0].phases["share"]
+    assert share.ok == 2
     assert any(r.startswith("node 3:") and "differs from the federation" in r
-               for r in share["rejected"])
+               for r in share.rejected)
 
 
 def test_dead_node_and_straggler_do_not_stop_the_round(tmp_path):
@@ -145,14 +148,14 @@ def test_dead_node_and_straggler_do_not_stop_the_round(tmp_path):
     grid = TamperingGrid(cfg, "train", lambda r: None, delay_node=3, delay=5.0)
     state = ServerState(cfg, tmp_path / "server")
     strategy = FedShareStrategy(cfg, state)
-    strategy.run_round(grid, 1)
+    strategy.run(grid, [1])
     grid.dead.add(2)                      # node 2 dies; node 3 answers after the timeout
     grid.get_node_ids = lambda: [1, 2, 3]  # not yet noticed as gone: it is still asked
-    record = strategy.run_round(grid, 2)
-    assert record["phases"]["train"]["ok"] == 1
-    lost = {entry["node"]: entry["users"] for entry in record["lost_nodes"]}
+    record, = strategy.run(grid, [2])
+    assert record.phases["train"].ok == 1
+    lost = {entry.node: entry.users for entry in record.lost_nodes}
     assert set(lost) == {2, 3}
-    assert lost[2] == state.node_users[2].tolist() and len(lost[2]) > 0
+    assert lost[2] == state.registry.users_of(2).tolist() and len(lost[2]) > 0
 
 
 def test_restarted_server_resumes_from_checkpoint(tmp_path):
@@ -168,8 +171,7 @@ def test_restarted_server_resumes_from_checkpoint(tmp_path):
     second = run_fedshare(InProcessGrid(cfg4.as_dict(), 3, dirs), cfg4)
     assert [r["round"] for r in second["rounds"]] == [1, 2, 3, 4]
     assert second["rounds"][1] == first["rounds"][1]
-    state = ServerState(cfg4, tmp_path / "state" / "server" / "resume-me")
-    checkpoint.load(state, state.state_dir / checkpoint.CHECKPOINT_FILE)
+    state = ServerState.load(cfg4, tmp_path / "state" / "server" / "resume-me")
     assert state.round == 4 and not (state.edges.user == user).any()
     assert read_ledger(dirs[0]).requests[0].status == "done"
     assert any(not o.refused for o in state.outcomes.values())

@@ -1,12 +1,16 @@
-"""Run the real ServerApp strategy against the real ClientApp in one process.
+"""An in-process Flower ``Grid``: the real ClientApp object behind every node.
 
 ``InProcessGrid`` implements Flower's ``Grid`` by calling the ClientApp object directly
 with real ``Message`` objects and one persistent ``Context`` per node (as a SuperNode
 would keep it). Messages are serialised to protobuf and back on both legs so sizes and
 types are what the wire carries. Nodes run one after another. What this leaves out is
-Flower's transport (SuperLink, Ray actors, process spawning): benchmarks use it to
-measure our code without Ray's start-up noise on 2 cores; ``flwr run`` remains the
-user-facing path and the end-to-end test runs it.
+Flower's transport (SuperLink, Ray actors, process spawning): tests and benchmarks use it
+to exercise our code without Ray's start-up noise on 2 cores; ``flwr run`` remains the
+user-facing path and the end-to-end tests run it.
+
+Two things a SuperLink/SuperExec would do are done here the way Flower's own in-memory
+grid and ServerApp runner do them: stamping a message id on each pushed message, and
+setting the process's ``TaskIdentity`` (which ``Message(...)`` reads for its metadata).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import app as client_app
-from common.config import RunConfig
+from common.config import load_config
 from server_app.app import run_fedshare
 from server_app.strategy import Tap
 
@@ -30,12 +34,22 @@ def _wire(message: Message) -> Message:
     return message_from_proto(message_to_proto(message))
 
 
+def _stamp_id(message: Message, message_id: str) -> None:
+    """The SuperLink's job; as ``flwr.server.superlink.grid.InMemoryGrid.push_messages``."""
+    message.metadata.__dict__["_message_id"] = message_id
+
+
+def _set_task_identity(run_id: int) -> None:
+    """As Flower's ServerApp runner does before calling ``main`` (SuperLink node id 0)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
+
+
 class InProcessGrid(Grid):
     """``num_nodes`` SuperNodes hosted in this process (node ids 1..N)."""
 
     def __init__(self, run_config: dict, num_nodes: int, node_state_dirs: list[str] | None = None):
         self._run_id = 1
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        _set_task_identity(self._run_id)
         self._replies: dict[str, Message] = {}
         self.dead: set[int] = set()
         self.contexts = {}
@@ -66,13 +80,13 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message_id = uuid.uuid4().hex
-            message.metadata.__dict__["_message_id"] = message_id
+            _stamp_id(message, message_id)
             ids.append(message_id)
             node = message.metadata.dst_node_id
             if node in self.dead:
                 continue
             delivered = _wire(message)
-            delivered.metadata.__dict__["_message_id"] = message_id  # the SuperLink's job
+            _stamp_id(delivered, message_id)
             try:
                 reply = client_app(delivered, self.contexts[node])
             except Exception as exc:  # as Flower does: the handler's exception -> error reply
@@ -88,11 +102,8 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(list(messages)))
 
 
-def run_inprocess(run_config: dict, num_nodes: int, tap: Tap | None = None,
-                  cfg: RunConfig | None = None) -> dict:
+def run_inprocess(run_config: dict, num_nodes: int, tap: Tap | None = None) -> dict:
     """A whole FedShare run with ``num_nodes`` in-process nodes; returns the result dict."""
-    from common.config import load_config
-
-    cfg = cfg or load_config(run_config)
+    cfg = load_config(run_config)
     grid = InProcessGrid(cfg.as_dict(), num_nodes)
     return run_fedshare(grid, cfg, run_id=int(time.time() * 1000) % 1_000_000_000, tap=tap)

@@ -1,0 +1,316 @@
+"""The message protocol: one message action per phase and one dataclass per payload.
+
+This is the only module under ``common/`` that knows Flower's record types; both apps and the
+server's validation use only these payloads (``to_content()`` / ``from_content()``). Decoding
+checks the *structure* (records and keys present, dtype and number of dimensions read from
+the record header before any array is decoded, metric types); the server's
+``validation.py`` then checks values (id ranges, finiteness, duplicates) on the payload.
+
+Per round, for each sampled node (docs/design.md has the sequence):
+
+* ``query.unshare``: server sends a :class:`Header`; node replies :class:`UnshareReply`.
+* ``query.share``: server sends a :class:`Header`; node replies :class:`ShareReply`.
+* ``train``: server sends :class:`ModelPayload` (with negatives); node replies :class:`TrainReply`.
+* ``evaluate``: server sends :class:`ModelPayload` (``split`` in the header); node replies
+  :class:`EvaluateReply`.
+
+Every server message carries the header: round config, the server's shared-edge count per
+user of the node (``ack``) and the answers to earlier unshare requests (``unshare-ack``),
+sent only after the server persisted them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from common.metrics import metric_names
+
+UNSHARE = "query.unshare"
+SHARE = "query.share"
+TRAIN = "train"
+EVALUATE = "evaluate"
+ACTIONS = (UNSHARE, SHARE, TRAIN, EVALUATE)
+
+
+class ProtocolError(ValueError):
+    """A message whose structure is not the protocol's; the text says what is wrong."""
+
+
+# --------------------------------------------------------------------- record helpers
+def to_record(**named: np.ndarray) -> ArrayRecord:
+    """An ArrayRecord holding each named numpy array."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in named.items()})
+
+
+def _record(content: RecordDict, name: str, kind: type):
+    records = {ArrayRecord: content.array_records, MetricRecord: content.metric_records,
+               ConfigRecord: content.config_records}[kind]
+    if name not in records:
+        raise ProtocolError(f"no {name!r} record")
+    return records[name]
+
+
+def _array(record: ArrayRecord, key: str, dtype: str, ndim: int) -> np.ndarray:
+    """``record[key]`` as numpy after checking dtype and ndim in the header (no decode first)."""
+    if key not in record:
+        raise ProtocolError(f"missing array {key!r}")
+    array = record[key]
+    if array.dtype != dtype or len(array.shape) != ndim:
+        raise ProtocolError(f"array {key!r} must be {dtype} with {ndim} dims, "
+                            f"got {array.dtype} {tuple(array.shape)}")
+    return array.numpy()
+
+
+def _arrays(content: RecordDict, name: str, spec: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    record = _record(content, name, ArrayRecord)
+    return {key: _array(record, key, dtype, ndim) for key, (dtype, ndim) in spec.items()}
+
+
+def _metrics(content: RecordDict, keys: tuple[str, ...], name: str = "metrics") -> dict[str, float]:
+    """Exactly ``keys`` from a MetricRecord, each a finite int or float."""
+    raw = dict(_record(content, name, MetricRecord))
+    if set(raw) != set(keys):
+        raise ProtocolError(f"{name} keys {sorted(raw)} != {sorted(keys)}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{name} {key!r} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ProtocolError(f"{name} {key!r} is not finite")
+    return raw
+
+
+def _integer(raw: dict, key: str) -> int:
+    value = raw[key]
+    if float(value) != int(value):
+        raise ProtocolError(f"metric {key!r} must be an integer, got {value}")
+    return int(value)
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Payload size of a message's content (arrays, metrics and configs)."""
+    return sum(record.count_bytes() for record in content.values())
+
+
+def _int64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+# --------------------------------------------------------------------- server -> node
+@dataclass(frozen=True)
+class UnshareAnswer:
+    """The server's final answer to one unshare request (no pairs, only the request id)."""
+
+    request_id: int
+    refused: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What every server message carries (records ``config``, ``ack``, ``unshare-ack``)."""
+
+    server_round: int
+    generation: int = 0
+    split: str = "test"
+    acked_users: np.ndarray | None = None    # (n,) users of the node the server holds edges for
+    acked_counts: np.ndarray | None = None   # (n,) the server's edge count of each
+    answers: tuple[UnshareAnswer, ...] = ()
+
+    def write(self, content: RecordDict) -> RecordDict:
+        content["config"] = ConfigRecord({"server-round": self.server_round,
+                                          "generation": self.generation, "split": self.split})
+        if self.acked_users is not None:
+            content["ack"] = to_record(user=_int64(self.acked_users), count=_int64(self.acked_counts))
+        if self.answers:
+            content["unshare-ack"] = to_record(
+                request=_int64([a.request_id for a in self.answers]),
+                refused=_int64([int(a.refused) for a in self.answers]))
+            content["unshare-reasons"] = ConfigRecord(
+                {str(a.request_id): a.reason for a in self.answers if a.refused})
+        return content
+
+    def to_content(self) -> RecordDict:
+        return self.write(RecordDict())
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "Header":
+        config = _record(content, "config", ConfigRecord)
+        users = counts = None
+        if "ack" in content.array_records:
+            ack = _arrays(content, "ack", {"user": ("int64", 1), "count": ("int64", 1)})
+            users, counts = ack["user"], ack["count"]
+        return cls(int(config["server-round"]), int(config.get("generation", 0)),
+                   str(config.get("split", "test")), users, counts, _answers(content))
+
+
+def _answers(content: RecordDict) -> tuple[UnshareAnswer, ...]:
+    if "unshare-ack" not in content.array_records:
+        return ()
+    ack = _arrays(content, "unshare-ack", {"request": ("int64", 1), "refused": ("int64", 1)})
+    reasons = content.config_records.get("unshare-reasons", {})
+    return tuple(UnshareAnswer(int(r), bool(f), str(reasons.get(str(r), "")))
+                 for r, f in zip(ack["request"].tolist(), ack["refused"].tolist()))
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """``train`` / ``evaluate`` instruction: the models a node needs for its users.
+
+    ``items`` (I, d) the FedAvg item table; ``graph_items`` (I, d) the server's item views;
+    ``user_index`` (n,) / ``user_views`` (n, d) global views of the node's own sharing users;
+    ``negatives`` (k, d) pooled contrastive negatives (train only)."""
+
+    header: Header
+    items: np.ndarray
+    graph_items: np.ndarray | None = None
+    user_index: np.ndarray | None = None
+    user_views: np.ndarray | None = None
+    negatives: np.ndarray | None = None
+
+    def to_content(self) -> RecordDict:
+        content = self.header.to_content()
+        content["items"] = to_record(weight=self.items)
+        if self.graph_items is not None:
+            content["graph"] = to_record(items=self.graph_items)
+        if self.user_index is not None:
+            content["users"] = to_record(index=_int64(self.user_index), values=self.user_views)
+        if self.negatives is not None:
+            content["negatives"] = to_record(values=self.negatives)
+        return content
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "ModelPayload":
+        items = _arrays(content, "items", {"weight": ("float32", 2)})["weight"]
+        graph = users = negatives = None
+        if "graph" in content.array_records:
+            graph = _arrays(content, "graph", {"items": ("float32", 2)})["items"]
+        if "users" in content.array_records:
+            users = _arrays(content, "users", {"index": ("int64", 1), "values": ("float32", 2)})
+        if "negatives" in content.array_records:
+            negatives = _arrays(content, "negatives", {"values": ("float32", 2)})["values"]
+        index, views = (users["index"], users["values"]) if users else (None, None)
+        return cls(Header.from_content(content), items, graph, index, views, negatives)
+
+
+# --------------------------------------------------------------------- node -> server
+@dataclass(frozen=True)
+class ShareReply:
+    """Newly shared ``(user, item)`` pairs (m,) each, and the node's catalog."""
+
+    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "share": ("user", "item"), "metrics": ("num-pairs", "num-users", "num-items"),
+        "catalog": ("fingerprint",)}
+    user: np.ndarray
+    item: np.ndarray
+    num_users: int
+    num_items: int
+    fingerprint: str
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({
+            "share": to_record(user=_int64(self.user), item=_int64(self.item)),
+            "metrics": MetricRecord({"num-pairs": len(self.user), "num-users": self.num_users,
+                                     "num-items": self.num_items}),
+            "catalog": ConfigRecord({"fingerprint": self.fingerprint})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "ShareReply":
+        metrics = _metrics(content, cls.RECORDS["metrics"])
+        arrays = _arrays(content, "share", {"user": ("int64", 1), "item": ("int64", 1)})
+        catalog = _record(content, "catalog", ConfigRecord)
+        if "fingerprint" not in catalog:
+            raise ProtocolError("catalog record without 'fingerprint'")
+        if not (len(arrays["user"]) == len(arrays["item"]) == _integer(metrics, "num-pairs")):
+            raise ProtocolError("share arrays and num-pairs disagree")
+        return cls(arrays["user"], arrays["item"], _integer(metrics, "num-users"),
+                   _integer(metrics, "num-items"), str(catalog["fingerprint"]))
+
+
+@dataclass(frozen=True)
+class UnshareReply:
+    """Pending unshare requests, one row per withdrawn pair: ``request``, ``user``, ``item`` (m,)."""
+
+    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "unshare": ("request", "user", "item"), "metrics": ("num-requests", "num-pairs")}
+    request: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    num_requests: int
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({
+            "unshare": to_record(request=_int64(self.request), user=_int64(self.user),
+                                 item=_int64(self.item)),
+            "metrics": MetricRecord({"num-requests": self.num_requests, "num-pairs": len(self.item)})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "UnshareReply":
+        metrics = _metrics(content, cls.RECORDS["metrics"])
+        spec = {key: ("int64", 1) for key in cls.RECORDS["unshare"]}
+        arrays = _arrays(content, "unshare", spec)
+        if not (len(arrays["request"]) == len(arrays["user"]) == len(arrays["item"])
+                == _integer(metrics, "num-pairs")):
+            raise ProtocolError("unshare arrays and num-pairs disagree")
+        return cls(arrays["request"], arrays["user"], arrays["item"],
+                   _integer(metrics, "num-requests"))
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """Changed item rows ``index`` (r,), ``values`` (r, d), ``counts`` (r,), and metrics."""
+
+    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "update": ("index", "values", "counts"),
+        "metrics": ("loss", "num-examples", "pending-sharing", "pending-unshare")}
+    index: np.ndarray
+    values: np.ndarray
+    counts: np.ndarray
+    loss: float
+    num_examples: int
+    pending_sharing: bool
+    pending_unshare: bool
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({
+            "update": to_record(index=_int64(self.index), values=self.values, counts=self.counts),
+            "metrics": MetricRecord({"loss": float(self.loss), "num-examples": int(self.num_examples),
+                                     "pending-sharing": int(self.pending_sharing),
+                                     "pending-unshare": int(self.pending_unshare)})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "TrainReply":
+        metrics = _metrics(content, cls.RECORDS["metrics"])
+        arrays = _arrays(content, "update", {"index": ("int64", 1), "values": ("float32", 2),
+                                             "counts": ("float32", 1)})
+        flags = {key: _integer(metrics, key) for key in ("pending-sharing", "pending-unshare")}
+        if any(value not in (0, 1) for value in flags.values()):
+            raise ProtocolError(f"pending flags must be 0 or 1, got {flags}")
+        return cls(arrays["index"], arrays["values"], arrays["counts"], float(metrics["loss"]),
+                   _integer(metrics, "num-examples"), bool(flags["pending-sharing"]),
+                   bool(flags["pending-unshare"]))
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """Per-metric sums over the node's evaluated users, and ``num-users``."""
+
+    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "metrics": ("num-users", *metric_names())}
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def to_content(self) -> RecordDict:
+        return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in self.sums.items()})})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "EvaluateReply":
+        raw = _metrics(content, cls.RECORDS["metrics"])
+        return cls({key: float(value) for key, value in raw.items()})
+
+
+REPLIES: dict[str, Any] = {UNSHARE: UnshareReply, SHARE: ShareReply, TRAIN: TrainReply,
+                           EVALUATE: EvaluateReply}

@@ -1,0 +1,81 @@
+"""A federation in one process that a test or benchmark can step through round by round,
+copy, and send withdrawals into (exactly as the CLI writes them)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from client_app.ledger import read_ledger, update_ledger
+from common.config import RunConfig
+from common.sharing import scheduled_withdrawals
+from harness.inprocess import InProcessGrid
+from server_app.records import RoundRecord
+from server_app.state import ServerState
+from server_app.strategy import FedShareStrategy
+
+
+@dataclass
+class Session:
+    """Server state + strategy + in-process nodes (each with its own state directory)."""
+
+    workdir: Path
+    grid: InProcessGrid
+    state: ServerState
+    strategy: FedShareStrategy
+    history: list[RoundRecord] = field(default_factory=list)
+    next_round: int = 1
+
+    def run_rounds(self, count: int) -> list[RoundRecord]:
+        rounds = range(self.next_round, self.next_round + count)
+        records = self.strategy.run(self.grid, rounds)
+        self.next_round += count
+        self.history += records
+        return records
+
+    def node_dirs(self) -> list[Path]:
+        return [Path(c.node_config["state-dir"]) for c in self.grid.contexts.values()]
+
+    def evaluate(self) -> dict[str, float]:
+        """Test metrics of the current models over every node."""
+        _, metrics = self.strategy.evaluate(self.grid, list(self.grid.get_node_ids()),
+                                            self.next_round - 1)
+        return metrics
+
+
+def new_session(cfg: RunConfig, nodes: int, workdir: Path) -> Session:
+    dirs = [str(workdir / "nodes" / f"node-{p}") for p in range(nodes)]
+    grid = InProcessGrid(cfg.as_dict(), nodes, node_state_dirs=dirs)
+    state = ServerState(cfg, workdir / "server")
+    return Session(workdir, grid, state, FedShareStrategy(cfg, state))
+
+
+def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
+    """An independent copy (memory and state directories) running under ``cfg``."""
+    shutil.copytree(session.workdir, workdir)
+    grid = copy.deepcopy(session.grid)
+    for pid, context in enumerate(grid.contexts.values()):
+        context.node_config["state-dir"] = str(workdir / "nodes" / f"node-{pid}")
+    state = session.state.clone(cfg, workdir / "server")
+    strategy = FedShareStrategy(cfg, state)
+    strategy.rng = copy.deepcopy(session.strategy.rng)
+    return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
+
+
+def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int) -> np.ndarray:
+    """Write unshare requests into every node's ledger (as the CLI does): a seeded
+    ``user_fraction`` of sharing users withdraw ``item_fraction`` of their shared items.
+    Returns the withdrawn ``(m, 2)`` pairs."""
+    withdrawn = []
+    for node_dir in session.node_dirs():
+        pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
+                                      item_fraction, seed)
+        for user in np.unique(pairs[:, 0]).tolist():
+            update_ledger(node_dir, lambda ledger: ledger.unshare(user, pairs[pairs[:, 0] == user, 1])[0])
+        withdrawn.append(pairs)
+    session.state.registry.flag_unshare(session.grid.get_node_ids())
+    return np.concatenate(withdrawn)

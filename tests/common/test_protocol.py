@@ -1,0 +1,88 @@
+"""The message protocol: every payload survives to_content -> from_content, replies carry
+exactly their declared records, and structural errors are named."""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from common.protocol import (EvaluateReply, Header, ModelPayload, ProtocolError, ShareReply,
+                             TrainReply, UnshareAnswer, UnshareReply, to_record)
+
+RNG = np.random.default_rng(0)
+I64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b)
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert x is not None and y is not None and np.array_equal(x, y), name
+            assert np.asarray(x).dtype == np.asarray(y).dtype, name
+        elif hasattr(x, "__dataclass_fields__"):
+            _same(x, y)
+        else:
+            assert x == y, name
+
+
+HEADER = Header(3, 1, "valid", I64(4, 9), I64(2, 0),
+                (UnshareAnswer(11, False), UnshareAnswer(12, True, "never shared")))
+PAYLOADS = [
+    HEADER,
+    Header(1),
+    ModelPayload(HEADER, RNG.random((5, 4), np.float32)),
+    ModelPayload(HEADER, RNG.random((5, 4), np.float32), RNG.random((5, 4), np.float32),
+                 I64(4), RNG.random((1, 4), np.float32), RNG.random((2, 4), np.float32)),
+    ShareReply(I64(1, 2), I64(3, 4), 10, 20, "abc"),
+    UnshareReply(I64(7, 7), I64(1, 1), I64(3, 4), 1),
+    TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
+               True, False),
+    EvaluateReply({"num-users": 2.0, **{f"{m}@{k}": 0.5 for m in ("recall", "ndcg")
+                                        for k in (10, 20, 50)}}),
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
+def test_round_trip(payload):
+    _same(payload, type(payload).from_content(payload.to_content()))
+
+
+def test_reply_records_are_exactly_the_declared_ones():
+    for payload in PAYLOADS[4:]:
+        content = payload.to_content()
+        assert {name: set(record.keys()) for name, record in content.items()} == \
+            {name: set(keys) for name, keys in type(payload).RECORDS.items()}
+
+
+def _share_content(**changes) -> RecordDict:
+    content = ShareReply(I64(1), I64(3), 10, 20, "abc").to_content()
+    for name, record in changes.items():
+        if record is None:
+            del content[name]
+        else:
+            content[name] = record
+    return content
+
+
+@pytest.mark.parametrize("changes,reason", [
+    ({"share": None}, "no 'share' record"),
+    ({"catalog": ConfigRecord({"other": "x"})}, "without 'fingerprint'"),
+    ({"share": to_record(user=I64(1), item=np.array([3.0]))}, "must be int64"),
+    ({"share": to_record(user=I64(1))}, "missing array 'item'"),
+    ({"metrics": MetricRecord({"num-pairs": 5, "num-users": 10, "num-items": 20})},
+     "num-pairs disagree"),
+    ({"metrics": MetricRecord({"num-pairs": 1, "num-users": 10})}, "keys"),
+    ({"metrics": MetricRecord({"num-pairs": 1, "num-users": 10.5, "num-items": 20})},
+     "integer"),
+])
+def test_structural_errors_are_named(changes, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        ShareReply.from_content(_share_content(**changes))
+
+
+def test_pending_flags_must_be_bits():
+    content = PAYLOADS[6].to_content()
+    content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "pending-sharing": 2,
+                                       "pending-unshare": 0})
+    with pytest.raises(ProtocolError, match="0 or 1"):
+        TrainReply.from_content(content)
