@@ -2,12 +2,12 @@
 
 The node's model is matrix factorisation with *private* user rows ``e_u`` (they never leave
 the node) and a local copy of the global item table ``e_i``. When the server shares its
-graph views, scores fuse local and global representations (METHOD.md §3.4):
+graph views, scores fuse local and global representations (docs/method.md §3.4):
 
     s(u, i) = <e_u + 1[u shares] g_u, e_i + h_i>
 
 where ``g_u`` / ``h_i`` are the server's LightGCN views (fixed during local training).
-The local loss is (METHOD.md §3.2)
+The local loss is (docs/method.md §3.2)
 
     L = BPR(D_u) + lambda_cl * InfoNCE(e_u, g_u; tau) + reg * ||theta_batch||^2
 

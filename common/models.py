@@ -27,7 +27,7 @@ class _SymmetricSparseMatmul(torch.autograd.Function):
 
     Forward: ``(N, N)`` sparse CSR Â times ``(N, d)`` dense X → ``(N, d)``.
     Backward: dL/dX = Â^T G = Â G. Stock ``torch.sparse.mm`` autograd transposes the CSR matrix
-    (a CSC product) on every backward call, ~10× slower on CPU (see docs ANCHORS.md). Â is a
+    (a CSC product) on every backward call, ~10× slower on CPU in our measurement. Â is a
     constant: no gradient flows to it.
     """
 

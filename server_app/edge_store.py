@@ -7,11 +7,9 @@ An immutable value: ``add`` and ``remove`` return a new store, so the server gra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_npz
 
 
 
@@ -80,14 +78,3 @@ class EdgeStore:
     def users(self) -> np.ndarray:
         """Users with at least one shared edge."""
         return np.unique(self.user)
-
-    def save(self, path: Path) -> None:
-        atomic_write_npz(path, num_users=np.int64(self.num_users),
-                         num_items=np.int64(self.num_items), user=self.user, item=self.item,
-                         round=self.round)
-
-    @staticmethod
-    def load(path: Path) -> "EdgeStore":
-        with np.load(path, allow_pickle=False) as data:
-            return EdgeStore(int(data["num_users"]), int(data["num_items"]), data["user"],
-                             data["item"], data["round"])

@@ -1,6 +1,6 @@
 """The server's LightGCN over the shared graph, with item-side contrastive alignment.
 
-Server loss (METHOD.md §3.3):
+Server loss (docs/method.md §3.3):
 
     L_s = BPR(G_s) + reg * ||theta_batch||^2 + lambda_cl * InfoNCE(h_i, e_i; tau)
 

@@ -1,7 +1,7 @@
 """The FedShare strategy: per phase a configure step (messages to send) and an aggregate
 step (apply the replies), and one run loop.
 
-A round (METHOD.md §3): sample nodes -> ``query.unshare`` to nodes with pending requests
+A round (docs/method.md §3): sample nodes -> ``query.unshare`` to nodes with pending requests
 (erase, persist, start unlearning) -> ``query.share`` to nodes with unsynced sharing (new
 edges; the graph follows the edge store) -> train the server LightGCN (plus the unlearning
 term while it runs) -> ``train`` (sparse item rows back) -> per-row FedAvg -> ``evaluate``

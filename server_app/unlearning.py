@@ -1,4 +1,4 @@
-"""Contrastive unlearning from a few embedding snapshots (METHOD.md §4), and storage accounting.
+"""Contrastive unlearning from a few embedding snapshots (docs/method.md §4), and storage accounting.
 
 When shared edges ``R`` are withdrawn, the *affected nodes* ``A`` are the users and items of
 ``R`` and their L-hop neighbourhood in the old graph. For ``n in A`` and a few rounds the
@@ -74,7 +74,7 @@ def start_task(tables: dict[str, torch.Tensor], snapshots, old_graph: Graph, new
                rounds: int) -> UnlearningTask:
     """The unlearning task for withdrawn ``removed`` pairs ((m, 2) [user, item]); the
     affected nodes are their users and items and everything within ``hops`` hops of them
-    in the old graph (METHOD.md uses L = ``num_layers``; fewer hops keep utility)."""
+    in the old graph (docs/method.md uses L = ``num_layers``; fewer hops keep utility)."""
     num_users = old_graph.num_users
     seeds = torch.from_numpy(np.unique(np.concatenate([removed[:, 0], num_users + removed[:, 1]])))
     nodes = affected_nodes(old_graph, seeds, hops)

@@ -10,8 +10,6 @@ strategy logs it with the node id and goes on with the other replies.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import RecordDict
-
 from common.protocol import (EvaluateReply, ProtocolError, ShareReply, TrainReply,
                              UnshareReply)
 from server_app.aggregation import RowUpdate
@@ -23,7 +21,7 @@ class ReplyError(ValueError):
     """A client reply that must not be used; the message says why."""
 
 
-def decode(payload_type, content: RecordDict):
+def decode(payload_type, content):
     """``payload_type.from_content(content)`` with protocol errors as :class:`ReplyError`."""
     try:
         return payload_type.from_content(content)

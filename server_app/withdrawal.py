@@ -7,7 +7,7 @@ then contributes a loss term while it runs and advances once per round.
 
 Methods are pluggable (:class:`UnlearningMethod`): ``naive`` (delete and go on),
 ``retrain`` (a new model generation trained from scratch on what is still shared) and
-``contrastive`` (METHOD.md §4; the math is in :mod:`server_app.unlearning`).
+``contrastive`` (docs/method.md §4; the math is in :mod:`server_app.unlearning`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Retrain(Naive):
 
 
 class Contrastive:
-    """Contrastive unlearning from a snapshot for ``unlearn-rounds`` rounds (METHOD.md §4)."""
+    """Contrastive unlearning from a snapshot for ``unlearn-rounds`` rounds (docs/method.md §4)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
