@@ -61,8 +61,7 @@ def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
     for pid, context in enumerate(grid.contexts.values()):
         context.node_config["state-dir"] = str(workdir / "nodes" / f"node-{pid}")
     state = session.state.clone(cfg, workdir / "server")
-    strategy = FedShareStrategy(cfg, state)
-    strategy.rng = copy.deepcopy(session.strategy.rng)
+    strategy = FedShareStrategy(cfg, state, rng=copy.deepcopy(session.strategy.rng))
     return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
 
 

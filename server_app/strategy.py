@@ -36,11 +36,12 @@ Replies = list[tuple[int, Message]]
 class FedShareStrategy:
     """Runs FedShare rounds on a Grid; all state is explicit in ``self.state``."""
 
-    def __init__(self, cfg: RunConfig, state: ServerState, tap: Tap | None = None):
+    def __init__(self, cfg: RunConfig, state: ServerState, tap: Tap | None = None,
+                 rng: np.random.Generator | None = None):
         self.cfg = cfg
         self.state = state
         self.tap = tap
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.withdrawal = Withdrawal(cfg, state)
 
     # ---------------------------------------------------------------- messages

@@ -301,7 +301,7 @@ def test_killed_supernode_is_reported_and_a_restarted_federation_resumes(federat
     assert withdrawn
     findings, scanned = audit_state_dir(fed.run_dir / "state" / "server" / "faulty",
                                         np.array(withdrawn))
-    assert findings == [] and scanned >= 2
+    assert findings == [] and scanned >= 1
 
     # SuperLink (and everything else) restarted; the ServerApp resumes from its checkpoint
     assert fed.sh("stop", timeout=60).returncode == 0
