@@ -17,7 +17,7 @@ over all the node's interactions (shared and private). With no graph (sharing ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -89,33 +89,51 @@ def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_i
     return loss
 
 
+def _schedule(num_pairs: int, num_items: int, hp: LocalHyper,
+              generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(batch, negatives)`` of every step: a permutation of the ``num_pairs`` samples per
+    epoch cut into batches, one uniform negative item per sample. Drawn up front (nothing
+    depends on the model), in the order training consumes them."""
+    steps = []
+    for _ in range(hp.epochs):
+        order = torch.randperm(num_pairs, generator=generator)
+        for batch in order.split(hp.batch_size):
+            steps.append((batch, torch.randint(num_items, (len(batch),), generator=generator)))
+    return steps
+
+
 def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, hp: LocalHyper,
                 seed: int) -> LocalUpdate:
-    """``hp.epochs`` epochs of mini-batch BPR over ``pairs`` ((n, 2) [local user, item])."""
+    """``hp.epochs`` epochs of mini-batch BPR over ``pairs`` ((n, 2) [local user, item]).
+
+    Only the item rows the round touches (positives and sampled negatives, ``r`` of them) are
+    trained, as an ``(r, d)`` table: a row without a gradient has zero Adam moments and does
+    not move, so this equals Adam over the whole ``(I, d)`` table while costing O(r·d) per
+    step instead of O(I·d) -- a client's work grows with its interactions, not the catalog."""
     generator = torch.Generator().manual_seed(seed)
+    steps = _schedule(len(pairs), view.item_emb.shape[0], hp, generator)
+    rows = torch.unique(torch.cat([pairs[:, 1], *(neg for _, neg in steps)]))   # (r,) sorted
+    local = replace(view, item_emb=view.item_emb[rows],
+                    item_graph=None if view.item_graph is None else view.item_graph[rows])
     user = user_emb.detach().clone().requires_grad_(True)
-    item = view.item_emb.detach().clone().requires_grad_(True)
+    item = local.item_emb.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([user, item], lr=hp.lr)
-    num_items = item.shape[0]
-    counts = torch.zeros(num_items)
-    total, steps = 0.0, 0
-    for _ in range(hp.epochs):
-        order = torch.randperm(len(pairs), generator=generator)
-        for batch in order.split(hp.batch_size):
-            user_index, pos = pairs[batch, 0], pairs[batch, 1]
-            neg = torch.randint(num_items, (len(batch),), generator=generator)
-            loss = _batch_loss(user, item, view, user_index, pos, neg, hp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            counts.index_add_(0, pos, torch.ones(len(batch)))
-            counts.index_add_(0, neg, torch.ones(len(batch)))
-            total, steps = total + loss.item(), steps + 1
-    changed = torch.nonzero(counts > 0).flatten()
-    return LocalUpdate(user_emb=user.detach(), index=changed.numpy().astype(np.int64),
-                       values=item.detach()[changed].numpy().astype(np.float32),
-                       counts=counts[changed].numpy().astype(np.float32),
-                       loss=total / max(steps, 1), num_examples=len(pairs) * hp.epochs)
+    positive = torch.searchsorted(rows, pairs[:, 1].contiguous())
+    counts = torch.zeros(len(rows))
+    total = 0.0
+    for batch, neg_items in steps:
+        neg = torch.searchsorted(rows, neg_items)
+        loss = _batch_loss(user, item, local, pairs[batch, 0], positive[batch], neg, hp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        counts.index_add_(0, positive[batch], torch.ones(len(batch)))
+        counts.index_add_(0, neg, torch.ones(len(batch)))
+        total += loss.item()
+    return LocalUpdate(user_emb=user.detach(), index=rows.numpy().astype(np.int64),
+                       values=item.detach().numpy().astype(np.float32),
+                       counts=counts.numpy().astype(np.float32),
+                       loss=total / max(len(steps), 1), num_examples=len(pairs) * hp.epochs)
 
 
 def evaluate_local(user_emb: torch.Tensor, view: GlobalView, known: torch.Tensor,

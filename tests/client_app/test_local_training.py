@@ -99,3 +99,38 @@ def test_alignment_pulls_sharing_users_towards_their_global_view():
     plain = train_local(start, pairs, view, _hp(epochs=5), seed=3)
     aligned = train_local(start, pairs, view, _hp(epochs=5, cl_weight=1.0), seed=3)
     assert cos(aligned) > cos(plain) + 0.2
+
+
+def _dense_reference(user_emb, pairs, view, hp, seed):
+    """Adam over the whole item table (how local training worked before it became sparse)."""
+    from client_app.local_training import _batch_loss
+    generator = torch.Generator().manual_seed(seed)
+    user = user_emb.clone().requires_grad_(True)
+    item = view.item_emb.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([user, item], lr=hp.lr)
+    for _ in range(hp.epochs):
+        for batch in torch.randperm(len(pairs), generator=generator).split(hp.batch_size):
+            neg = torch.randint(len(item), (len(batch),), generator=generator)
+            loss = _batch_loss(user, item, view, pairs[batch, 0], pairs[batch, 1], neg, hp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return user.detach(), item.detach()
+
+
+def test_training_only_touched_rows_equals_adam_over_the_whole_table():
+    torch.manual_seed(3)
+    pairs, catalog = _pairs()[::3], 400        # a catalog much larger than what a round touches
+    graph = 0.1 * torch.randn(catalog, DIM)
+    shares = torch.arange(NUM_USERS) % 3 == 0
+    view = _view(0.1 * torch.randn(catalog, DIM), user_graph=0.1 * torch.randn(NUM_USERS, DIM) * shares[:, None],
+                 shares=shares, item_graph=graph, negatives=torch.randn(4, DIM))
+    hp = _hp(epochs=3, batch_size=16, reg=1e-3, cl_weight=0.1)
+    user_emb = 0.1 * torch.randn(NUM_USERS, DIM)
+    update = train_local(user_emb, pairs, view, hp, seed=5)
+    user_ref, item_ref = _dense_reference(user_emb, pairs, view, hp, seed=5)
+    moved = torch.nonzero((item_ref != view.item_emb).any(1)).flatten()
+    assert 0 < len(update.index) < catalog
+    assert set(moved.tolist()) <= set(update.index.tolist())
+    assert torch.equal(update.user_emb, user_ref)
+    assert torch.equal(torch.from_numpy(update.values), item_ref[update.index])
