@@ -32,11 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from common.atomic import atomic_write_json
+from common.formats import FORMATS
 from common.graph import Graph, build_graph
 from common.losses import bpr_loss, l2_penalty
 from common.metrics import evaluate_split, finalize
 from common.models import BPRMF, LightGCN
 from common.selection import DEFAULT_METRIC, Selection
+from common.sources import SPLIT_MODES
 
 MODELS = ("lightgcn", "bprmf")
 
@@ -232,7 +234,7 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m common.centralized", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help="a dataset name or a file / folder path")
     parser.add_argument("--model", choices=MODELS, default="lightgcn")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default: stdout)")
@@ -249,6 +251,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--rating-threshold", type=float, default=0.0)
     parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--k-core", type=int, default=0, help="keep the k-core (0: off)")
+    parser.add_argument("--split", choices=SPLIT_MODES, default="auto")
+    parser.add_argument("--format", choices=("auto",) + FORMATS, default="auto")
+    parser.add_argument("--valid-ratio", type=float, default=0.1)
+    parser.add_argument("--test-ratio", type=float, default=0.1)
+    parser.add_argument("--no-valid-from-train", action="store_true",
+                        help="do not carve a validation part from a given split that has none")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return parser.parse_args(argv)
 
@@ -265,9 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset, args.data_root, rating_threshold=args.rating_threshold,
-                      seed=args.seed, max_users=args.max_users)
+                      seed=args.seed, max_users=args.max_users, k_core=args.k_core,
+                      split=args.split, fmt=args.format, valid_ratio=args.valid_ratio,
+                      test_ratio=args.test_ratio, valid_from_train=not args.no_valid_from_train)
     print(f"{ds.name}: {ds.num_users} users, {ds.num_items} items, {len(ds.train)} train, "
-          f"{len(ds.test)} test interactions; torch threads {torch.get_num_threads()}")
+          f"{len(ds.valid)} valid, {len(ds.test)} test interactions; "
+          f"torch threads {torch.get_num_threads()}")
     result = train_centralized(ds, args.model, args.epochs, embedding_dim=args.embedding_dim,
                                num_layers=args.num_layers, batch_size=args.batch_size,
                                lr=args.lr, reg=args.reg, seed=args.seed,

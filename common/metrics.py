@@ -25,6 +25,7 @@ Imported on the client path: no torch_geometric, no flwr.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -138,8 +139,11 @@ def finalize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def _pair_tensor(pairs) -> Tensor:
-    """``(n, 2)`` int64 tensor from a tensor or array of ``[row, item]`` pairs (no copy if possible)."""
-    return torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    """``(n, 2)`` int64 tensor from a tensor or array of ``[row, item]`` pairs (arrays are copied:
+    datasets hand out read-only arrays, which torch may not wrap)."""
+    if isinstance(pairs, Tensor):
+        return pairs.long().reshape(-1, 2)
+    return torch.tensor(np.asarray(pairs), dtype=torch.long).reshape(-1, 2)
 
 
 def split_pairs(split: str, train, valid, test) -> tuple[Tensor, Tensor]:
