@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -145,6 +146,56 @@ def _snapshot(net: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().clone() for key, value in net.state_dict().items()}
 
 
+@dataclass
+class _Run:
+    """What one training run works on: model, graph of ``train``, optimizer, sampler state."""
+
+    net: nn.Module
+    graph: Graph
+    optimizer: torch.optim.Optimizer
+    train: np.ndarray            # (n, 2) [user, item], sorted by user
+    positive_keys: np.ndarray    # sorted user * I + item keys of train
+    num_items: int
+    rng: np.random.Generator
+
+
+def _start(ds: Any, model: str, embedding_dim: int, num_layers: int, lr: float, seed: int) -> _Run:
+    """Seed everything, build the training graph, the model and its optimizer."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    train = _sorted_by_user(ds.train)
+    num_users, num_items = int(ds.num_users), int(ds.num_items)
+    graph = build_graph(torch.from_numpy(train[:, 0]), torch.from_numpy(train[:, 1]),
+                        num_users, num_items)
+    net = make_model(model, num_users, num_items, embedding_dim, num_layers)
+    return _Run(net, graph, torch.optim.Adam(net.parameters(), lr=lr), train,
+                np.unique(train[:, 0] * num_items + train[:, 1]), num_items,
+                np.random.default_rng(seed))
+
+
+def _fit(run: _Run, ds: Any, epochs: int, batch_size: int, reg: float, eval_every: int,
+         state: Selection, log: Callable[[str], Any]) -> tuple[Selection, dict | None, list, float]:
+    """Train up to ``epochs``, validating and early-stopping; returns (state, best weights,
+    curve, seconds spent validating)."""
+    best_weights, curve, eval_seconds = None, [], 0.0
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        loss = _run_epoch(run.net, run.graph, run.optimizer, run.train, run.positive_keys,
+                          run.num_items, batch_size, reg, run.rng)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
+        if len(ds.valid) and ((eval_every > 0 and epoch % eval_every == 0) or epoch == epochs):
+            started = time.perf_counter()
+            entry["valid"] = evaluate_model(run.net, run.graph, ds, "valid")
+            state = state.observe(epoch, entry["valid"])
+            best_weights = _snapshot(run.net) if state.improved else best_weights
+            eval_seconds += time.perf_counter() - started
+        curve.append(entry)
+        log(_progress_line(entry, epochs))
+        if state.should_stop:
+            break
+    return state, best_weights, curve, eval_seconds
+
+
 def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 64,
                       num_layers: int = 3, batch_size: int = 2048, lr: float = 1e-3,
                       reg: float = 1e-4, seed: int = 0, eval_every: int = 1, patience: int = 10,
@@ -174,42 +225,17 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
         (at the best epoch), "selection", "curve"}``; ``curve`` has one entry per epoch
         (``epoch``, ``loss``, ``seconds``, and ``valid`` metrics on validated epochs).
     """
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    rng = np.random.default_rng(seed)
-    train = _sorted_by_user(ds.train)
-    num_users, num_items = int(ds.num_users), int(ds.num_items)
-    graph = build_graph(torch.from_numpy(train[:, 0]), torch.from_numpy(train[:, 1]),
-                        num_users, num_items)
-    net = make_model(model, num_users, num_items, embedding_dim, num_layers)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    positive_keys = np.unique(train[:, 0] * num_items + train[:, 1])
-    can_select = len(ds.valid) > 0
-    state, best_weights = Selection(metric=metric, patience=patience), None
-    curve: list[dict[str, Any]] = []
-    train_seconds = eval_seconds = 0.0
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        loss = _run_epoch(net, graph, optimizer, train, positive_keys, num_items, batch_size, reg, rng)
-        entry: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
-        train_seconds += entry["seconds"]
-        if can_select and ((eval_every > 0 and epoch % eval_every == 0) or epoch == epochs):
-            started = time.perf_counter()
-            entry["valid"] = evaluate_model(net, graph, ds, "valid")
-            state = state.observe(epoch, entry["valid"])
-            best_weights = _snapshot(net) if state.improved else best_weights
-            eval_seconds += time.perf_counter() - started
-        curve.append(entry)
-        log(_progress_line(entry, epochs))
-        if state.should_stop:
-            break
+    run = _start(ds, model, embedding_dim, num_layers, lr, seed)
+    state, best_weights, curve, eval_seconds = _fit(
+        run, ds, epochs, batch_size, reg, eval_every, Selection(metric=metric, patience=patience), log)
     if best_weights is not None:
-        net.load_state_dict(best_weights)
+        run.net.load_state_dict(best_weights)
     started = time.perf_counter()
-    metrics = evaluate_model(net, graph, ds, "test")
+    metrics = evaluate_model(run.net, run.graph, ds, "test")
     eval_seconds += time.perf_counter() - started
-    best_epoch = state.best_step if can_select else len(curve)
+    best_epoch = state.best_step if len(ds.valid) else len(curve)
     log(f"test at epoch {best_epoch} (best validation {metric}) " + _format_metrics(metrics))
+    train_seconds = sum(entry["seconds"] for entry in curve)
     return {"model": model, "epochs": len(curve), "max_epochs": epochs, "best_epoch": best_epoch,
             "seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(curve), 1),
             "eval_seconds": eval_seconds, "metrics": metrics,

@@ -137,13 +137,15 @@ def split_last_out(pairs: np.ndarray, order: np.ndarray, num_users: int, *,
     Returns canonical ``(train, valid, test)``.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    order = np.asarray(order, dtype=np.float64)
-    rows = np.lexsort((np.arange(len(pairs)), order, pairs[:, 1], pairs[:, 0]))  # pair, time, row
+    time_rank = np.empty(len(pairs), dtype=np.int64)                 # time, ties by row order
+    time_rank[np.argsort(np.asarray(order, dtype=np.float64), kind="stable")] = np.arange(len(pairs))
+    width = int(pairs[:, 1].max(initial=0)) + 1
+    rows = np.lexsort((time_rank, _key_of(pairs, width)))             # by pair, then time
     grouped = pairs[rows]
     last_of_pair = np.ones(len(rows), dtype=bool)
     last_of_pair[:-1] = (grouped[1:] != grouped[:-1]).any(axis=1)
     latest, pairs = rows[last_of_pair], grouped[last_of_pair]     # each pair once, at its latest
-    by_time = np.lexsort((latest, order[latest], pairs[:, 0]))    # user, then time, then row
+    by_time = np.lexsort((time_rank[latest], pairs[:, 0]))          # by user, then time
     users = pairs[by_time, 0]
     counts = np.bincount(users, minlength=num_users)
     from_end = np.empty(len(pairs), dtype=np.int64)
