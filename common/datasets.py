@@ -26,7 +26,7 @@ from common.parsing import (DATA_ENV, DataFormatError, _parse_lightgcn_slow,  # 
                             _read_lightgcn, read_lightgcn, read_ml1m, read_ml100k)
 from common.sources import LoadOptions, build_split, read_source
 from common.splitting import (_EMPTY_PAIRS, canonical_pairs, carve_validation, dense_ids,
-                              partition_users, split_per_user)
+                              partition_users, split_per_user)  # noqa: F401 (partition_users re-exported)
 
 DATASETS = ("ml-100k", "ml-1m", "gowalla", "ml-1m-receraser", "amazon-beauty", "yelp")
 # Named datasets read by the generic path loader: their folder under the data root.

@@ -98,7 +98,6 @@ def test_test_metrics_mask_validation_items():
     With 0 epochs the reported metrics are those of the seeded initial model, so they can be
     recomputed here from the same embeddings with both masking rules.
     """
-    from common.graph import build_graph
     from common.metrics import finalize, mask_scores, ranking_metric_sums
 
     ds = _with_validation()
