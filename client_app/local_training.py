@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common.losses import bpr_loss, info_nce, l2_penalty
-from common.metrics import mask_scores, ranking_metric_sums
+from common.metrics import evaluate_ranking
 
 
 @dataclass(frozen=True)
@@ -139,21 +139,12 @@ def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, h
 def evaluate_local(user_emb: torch.Tensor, view: GlobalView, known: torch.Tensor,
                    truth: torch.Tensor, fusion: str = "sum",
                    batch_users: int = 1024) -> dict[str, float]:
-    """Full-ranking metric sums for the node's users.
+    """Full-ranking metric sums for the node's users (the one evaluator, on fused tables).
 
-    ``known`` ((n, 2) [local user, item]) are masked out of the ranking (training items);
-    ``truth`` ((m, 2)) are the held-out interactions. Returns sums plus ``num-users``.
+    ``user_emb`` ``(n_u, d)`` private rows; ``known`` ``((n, 2) [local user, item])`` are masked
+    out of the ranking; ``truth`` ``((m, 2))`` are the held-out interactions. Which pairs are
+    known for which split is :func:`common.metrics.split_pairs`' rule. Returns sums plus
+    ``num-users`` (:func:`common.metrics.evaluate_ranking`).
     """
     users, items = fused_tables(user_emb, view.item_emb, view, fusion)
-    sums: dict[str, float] = {}
-    with torch.no_grad():
-        for start in range(0, users.shape[0], batch_users):
-            stop = min(start + batch_users, users.shape[0])
-            scores = users[start:stop] @ items.T
-            in_known = (known[:, 0] >= start) & (known[:, 0] < stop)
-            scores = mask_scores(scores, known[in_known, 0] - start, known[in_known, 1])
-            in_truth = (truth[:, 0] >= start) & (truth[:, 0] < stop)
-            part = ranking_metric_sums(scores, truth[in_truth, 0] - start, truth[in_truth, 1])
-            for key, value in part.items():
-                sums[key] = sums.get(key, 0.0) + value
-    return sums
+    return evaluate_ranking(users, items, known, truth, user_batch=batch_users)

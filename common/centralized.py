@@ -8,13 +8,15 @@ on the layer-0 embeddings of the batch:
     L = 1/B Σ_b softplus(ŷ_{u,j} − ŷ_{u,i}) + reg · (‖e_u‖² + ‖e_i‖² + ‖e_j‖²) / (2B)
 
 For LightGCN the whole graph is propagated for every batch (as the reference does).
-Evaluation is the federated one computed in one place: all items ranked, the user's training
-items masked (:func:`common.metrics.mask_scores`), Recall/NDCG@{10,20,50} on the test split
-(:func:`common.metrics.ranking_metric_sums`), users in batches of 1024.
+Evaluation is the one evaluator (:func:`common.metrics.evaluate_split`), the same as federated
+evaluation: all items ranked; validation masks the user's training items, test masks training
+and validation items; Recall/NDCG@{10,20,50}. Model selection (:mod:`common.selection`):
+validation every ``eval_every`` epochs, early stopping with a patience, and the reported test
+metrics are those of the best validation epoch (its weights are kept and evaluated once).
 
 CLI::
 
-    python -m common.centralized --dataset ml-100k --model lightgcn --epochs 10 --out res.json
+    python -m common.centralized --dataset ml-100k --model lightgcn --epochs 50 --patience 10 --out res.json
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,13 +33,15 @@ import torch
 from torch import Tensor, nn
 
 from common.atomic import atomic_write_json
+from common.formats import FORMATS
 from common.graph import Graph, build_graph
 from common.losses import bpr_loss, l2_penalty
-from common.metrics import KS, add_sums, finalize, mask_scores, ranking_metric_sums
+from common.metrics import evaluate_split, finalize
 from common.models import BPRMF, LightGCN
+from common.selection import DEFAULT_METRIC, Selection
+from common.sources import SPLIT_MODES
 
 MODELS = ("lightgcn", "bprmf")
-EVAL_USER_BATCH = 1024
 
 
 # --------------------------------------------------------------------------- data helpers
@@ -46,21 +51,6 @@ def _sorted_by_user(pairs: np.ndarray) -> np.ndarray:
     """``(n, 2)`` int64 ``[user, item]`` pairs, stably sorted by user."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return pairs[np.argsort(pairs[:, 0], kind="stable")]
-
-
-def _user_indptr(sorted_pairs: np.ndarray, num_users: int) -> np.ndarray:
-    """``(U+1,)`` offsets: user u's rows are ``sorted_pairs[indptr[u]:indptr[u+1]]``."""
-    return np.searchsorted(sorted_pairs[:, 0], np.arange(num_users + 1), side="left")
-
-
-def _rows_of_users(indptr: np.ndarray, users: np.ndarray) -> np.ndarray:
-    """Row numbers (into the user-sorted pairs) of every row belonging to ``users``."""
-    starts, counts = indptr[users], indptr[users + 1] - indptr[users]
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
-    return offsets + np.arange(total)
 
 
 def sample_negatives(user_index: np.ndarray, positive_keys: np.ndarray, num_items: int,
@@ -120,119 +110,137 @@ def train_step(model: nn.Module, graph: Graph, optimizer: torch.optim.Optimizer,
     return float(loss.detach())
 
 
-@torch.no_grad()
-def evaluate_embeddings(user_out: Tensor, item_out: Tensor, train: np.ndarray, test: np.ndarray,
-                        num_users: int, ks: tuple[int, ...] = KS,
-                        user_batch: int = EVAL_USER_BATCH) -> dict[str, float]:
-    """Full-ranking Recall/NDCG@k of ``(U, d)`` users against ``(I, d)`` items on ``test``.
-
-    Scores are ⟨user, item⟩; each user's ``train`` items are masked; only users with test items
-    are ranked, ``user_batch`` at a time. Returns :func:`common.metrics.finalize`'d means.
-    """
-    train_sorted, test_sorted = _sorted_by_user(train), _sorted_by_user(test)
-    train_ptr = _user_indptr(train_sorted, num_users)
-    test_ptr = _user_indptr(test_sorted, num_users)
-    eval_users = np.unique(test_sorted[:, 0])
-    position = np.full(num_users, -1, dtype=np.int64)
-    sums: dict[str, float] = {}
-    for start in range(0, eval_users.size, user_batch):
-        users = eval_users[start:start + user_batch]
-        position[users] = np.arange(users.size)
-        scores = user_out[torch.from_numpy(users)] @ item_out.T           # (b, I)
-        seen = train_sorted[_rows_of_users(train_ptr, users)]
-        truth = test_sorted[_rows_of_users(test_ptr, users)]
-        scores = mask_scores(scores, torch.from_numpy(position[seen[:, 0]]),
-                             torch.from_numpy(seen[:, 1]))
-        part = ranking_metric_sums(scores, torch.from_numpy(position[truth[:, 0]]),
-                                   torch.from_numpy(truth[:, 1]), ks)
-        sums = add_sums(sums, part)
-        position[users] = -1
-    if not sums:
-        sums = ranking_metric_sums(user_out.new_zeros(0, item_out.shape[0]),
-                                   torch.empty(0, dtype=torch.long),
-                                   torch.empty(0, dtype=torch.long), ks)
-    return finalize(sums)
-
-
 # --------------------------------------------------------------------------- training
 
 
-def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 64,
-                      num_layers: int = 3, batch_size: int = 2048, lr: float = 1e-3,
-                      reg: float = 1e-4, seed: int = 0, eval_every: int = 0,
-                      log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Train ``model`` ("lightgcn" | "bprmf") on ``ds.train`` and evaluate on ``ds.test``.
+def _run_epoch(net: nn.Module, graph: Graph, optimizer: torch.optim.Optimizer, train: np.ndarray,
+               positive_keys: np.ndarray, num_items: int, batch_size: int, reg: float,
+               rng: np.random.Generator) -> float:
+    """One shuffled pass of BPR steps over the ``(n, 2)`` ``train`` pairs; the mean loss."""
+    order = rng.permutation(train.shape[0])
+    users, positives = train[order, 0], train[order, 1]
+    negatives = sample_negatives(users, positive_keys, num_items, rng)
+    loss_sum = 0.0
+    for start in range(0, users.size, batch_size):
+        batch = slice(start, start + batch_size)
+        loss = train_step(net, graph, optimizer, torch.from_numpy(users[batch]),
+                          torch.from_numpy(positives[batch]), torch.from_numpy(negatives[batch]),
+                          reg)
+        loss_sum += loss * users[batch].size
+    return loss_sum / max(users.size, 1)
 
-    Args:
-        ds: a dataset with ``num_users``, ``num_items`` and ``(n, 2)`` int64 ``train`` / ``test``
-            ``[user, item]`` arrays (``common.datasets.Dataset`` or anything shaped like it).
-        model: "lightgcn" or "bprmf".
-        epochs: passes over the training interactions.
-        embedding_dim, num_layers, batch_size, lr, reg: hyper-parameters (``num_layers`` is
-            ignored by BPR-MF).
-        seed: seeds torch (initialisation) and the numpy sampler.
-        eval_every: also evaluate on test every this many epochs (0: only at the end); the curve
-            is a learning curve, not a model-selection signal.
-        log: progress sink, one line per epoch.
 
-    Returns:
-        ``{"model", "epochs", "seconds", "seconds_per_epoch", "eval_seconds", "metrics",
-        "curve"}``: ``seconds`` is training time without evaluation; ``metrics`` the final test
-        metrics; ``curve`` one entry per epoch (``epoch``, ``loss``, ``seconds``, and the test
-        metrics on evaluated epochs).
-    """
+def evaluate_model(net: nn.Module, graph: Graph, ds: Any, split: str) -> dict[str, float]:
+    """Means of the one evaluator on ``split`` ("valid" | "test") for the model's ``(U, d)`` /
+    ``(I, d)`` output tables (training mode is restored afterwards)."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        user_out, item_out = net(graph)
+    net.train(was_training)
+    return finalize(evaluate_split(user_out, item_out, ds.train, ds.valid, ds.test, split))
+
+
+def _snapshot(net: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the weights (the best epoch's model)."""
+    return {key: value.detach().clone() for key, value in net.state_dict().items()}
+
+
+@dataclass
+class _Run:
+    """What one training run works on: model, graph of ``train``, optimizer, sampler state."""
+
+    net: nn.Module
+    graph: Graph
+    optimizer: torch.optim.Optimizer
+    train: np.ndarray            # (n, 2) [user, item], sorted by user
+    positive_keys: np.ndarray    # sorted user * I + item keys of train
+    num_items: int
+    rng: np.random.Generator
+
+
+def _start(ds: Any, model: str, embedding_dim: int, num_layers: int, lr: float, seed: int) -> _Run:
+    """Seed everything, build the training graph, the model and its optimizer."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    rng = np.random.default_rng(seed)
     train = _sorted_by_user(ds.train)
     num_users, num_items = int(ds.num_users), int(ds.num_items)
     graph = build_graph(torch.from_numpy(train[:, 0]), torch.from_numpy(train[:, 1]),
                         num_users, num_items)
     net = make_model(model, num_users, num_items, embedding_dim, num_layers)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    positive_keys = np.unique(train[:, 0] * num_items + train[:, 1])
+    return _Run(net, graph, torch.optim.Adam(net.parameters(), lr=lr), train,
+                np.unique(train[:, 0] * num_items + train[:, 1]), num_items,
+                np.random.default_rng(seed))
 
-    def evaluate() -> dict[str, float]:
-        net.eval()
-        with torch.no_grad():
-            user_out, item_out = net(graph)
-        net.train()
-        return evaluate_embeddings(user_out, item_out, train, ds.test, num_users)
 
-    curve: list[dict[str, Any]] = []
-    train_seconds = eval_seconds = 0.0
+def _fit(run: _Run, ds: Any, epochs: int, batch_size: int, reg: float, eval_every: int,
+         state: Selection, log: Callable[[str], Any]) -> tuple[Selection, dict | None, list, float]:
+    """Train up to ``epochs``, validating and early-stopping; returns (state, best weights,
+    curve, seconds spent validating)."""
+    best_weights, curve, eval_seconds = None, [], 0.0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        order = rng.permutation(train.shape[0])
-        users, positives = train[order, 0], train[order, 1]
-        negatives = sample_negatives(users, positive_keys, num_items, rng)
-        loss_sum = 0.0
-        for start in range(0, users.size, batch_size):
-            batch = slice(start, start + batch_size)
-            loss = train_step(net, graph, optimizer, torch.from_numpy(users[batch]),
-                              torch.from_numpy(positives[batch]),
-                              torch.from_numpy(negatives[batch]), reg)
-            loss_sum += loss * users[batch].size
-        epoch_seconds = time.perf_counter() - started
-        train_seconds += epoch_seconds
-        entry: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / max(users.size, 1),
-                                 "seconds": epoch_seconds}
-        if eval_every > 0 and (epoch % eval_every == 0 or epoch == epochs):
+        loss = _run_epoch(run.net, run.graph, run.optimizer, run.train, run.positive_keys,
+                          run.num_items, batch_size, reg, run.rng)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
+        if len(ds.valid) and ((eval_every > 0 and epoch % eval_every == 0) or epoch == epochs):
             started = time.perf_counter()
-            entry["metrics"] = evaluate()
+            entry["valid"] = evaluate_model(run.net, run.graph, ds, "valid")
+            state = state.observe(epoch, entry["valid"])
+            best_weights = _snapshot(run.net) if state.improved else best_weights
             eval_seconds += time.perf_counter() - started
         curve.append(entry)
         log(_progress_line(entry, epochs))
-    if curve and "metrics" in curve[-1]:
-        metrics = curve[-1]["metrics"]
-    else:
-        started = time.perf_counter()
-        metrics = evaluate()
-        eval_seconds += time.perf_counter() - started
-    log("test " + _format_metrics(metrics))
-    return {"model": model, "epochs": epochs, "seconds": train_seconds,
-            "seconds_per_epoch": train_seconds / epochs if epochs else 0.0,
-            "eval_seconds": eval_seconds, "metrics": metrics, "curve": curve}
+        if state.should_stop:
+            break
+    return state, best_weights, curve, eval_seconds
+
+
+def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 64,
+                      num_layers: int = 3, batch_size: int = 2048, lr: float = 1e-3,
+                      reg: float = 1e-4, seed: int = 0, eval_every: int = 1, patience: int = 10,
+                      metric: str = DEFAULT_METRIC,
+                      log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Train ``model`` ("lightgcn" | "bprmf") on ``ds.train``, select on ``ds.valid``, test once.
+
+    Args:
+        ds: a dataset with ``num_users``, ``num_items`` and ``(n, 2)`` int64 ``train`` / ``valid``
+            / ``test`` ``[user, item]`` arrays (``common.datasets.Dataset`` or alike).
+        model: "lightgcn" or "bprmf".
+        epochs: at most this many passes over the training interactions.
+        embedding_dim, num_layers, batch_size, lr, reg: hyper-parameters (``num_layers`` is
+            ignored by BPR-MF).
+        seed: seeds torch (initialisation) and the numpy sampler.
+        eval_every: validate every this many epochs (and after the last; 0: only after the last).
+        patience: stop after this many validations without improvement (0: never stop early).
+        metric: the validation metric selected on.
+        log: progress sink, one line per epoch.
+
+    With an empty ``ds.valid`` nothing can be selected: the last epoch's model is tested
+    (``result["selection"]["best_step"]`` is then ``None``).
+
+    Returns:
+        ``{"model", "epochs" (run), "max_epochs", "best_epoch", "seconds" (training only),
+        "seconds_per_epoch", "eval_seconds", "metrics" (test at the best epoch), "valid_metrics"
+        (at the best epoch), "selection", "curve"}``; ``curve`` has one entry per epoch
+        (``epoch``, ``loss``, ``seconds``, and ``valid`` metrics on validated epochs).
+    """
+    run = _start(ds, model, embedding_dim, num_layers, lr, seed)
+    state, best_weights, curve, eval_seconds = _fit(
+        run, ds, epochs, batch_size, reg, eval_every, Selection(metric=metric, patience=patience), log)
+    if best_weights is not None:
+        run.net.load_state_dict(best_weights)
+    started = time.perf_counter()
+    metrics = evaluate_model(run.net, run.graph, ds, "test")
+    eval_seconds += time.perf_counter() - started
+    best_epoch = state.best_step if len(ds.valid) else len(curve)
+    log(f"test at epoch {best_epoch} (best validation {metric}) " + _format_metrics(metrics))
+    train_seconds = sum(entry["seconds"] for entry in curve)
+    return {"model": model, "epochs": len(curve), "max_epochs": epochs, "best_epoch": best_epoch,
+            "seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(curve), 1),
+            "eval_seconds": eval_seconds, "metrics": metrics,
+            "valid_metrics": dict(state.best_valid or {}), "selection": state.summary(),
+            "curve": curve}
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -241,8 +249,8 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 def _progress_line(entry: dict[str, Any], epochs: int) -> str:
     line = f"epoch {entry['epoch']}/{epochs} loss {entry['loss']:.4f} ({entry['seconds']:.2f} s)"
-    if "metrics" in entry:
-        line += " | " + _format_metrics(entry["metrics"])
+    if "valid" in entry:
+        line += " | valid " + _format_metrics(entry["valid"])
     return line
 
 
@@ -252,7 +260,7 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m common.centralized", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help="a dataset name or a file / folder path")
     parser.add_argument("--model", choices=MODELS, default="lightgcn")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default: stdout)")
@@ -262,10 +270,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
+    parser.add_argument("--patience", type=int, default=10,
+                        help="stop after N validations without improvement (0: never)")
+    parser.add_argument("--metric", default="ndcg@20", help="validation metric selected on")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--rating-threshold", type=float, default=0.0)
     parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--k-core", type=int, default=0, help="keep the k-core (0: off)")
+    parser.add_argument("--split", choices=SPLIT_MODES, default="auto")
+    parser.add_argument("--format", choices=("auto",) + FORMATS, default="auto")
+    parser.add_argument("--valid-ratio", type=float, default=0.1)
+    parser.add_argument("--test-ratio", type=float, default=0.1)
+    parser.add_argument("--no-valid-from-train", action="store_true",
+                        help="do not carve a validation part from a given split that has none")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return parser.parse_args(argv)
 
@@ -282,13 +300,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset, args.data_root, rating_threshold=args.rating_threshold,
-                      seed=args.seed, max_users=args.max_users)
+                      seed=args.seed, max_users=args.max_users, k_core=args.k_core,
+                      split=args.split, fmt=args.format, valid_ratio=args.valid_ratio,
+                      test_ratio=args.test_ratio, valid_from_train=not args.no_valid_from_train)
     print(f"{ds.name}: {ds.num_users} users, {ds.num_items} items, {len(ds.train)} train, "
-          f"{len(ds.test)} test interactions; torch threads {torch.get_num_threads()}")
+          f"{len(ds.valid)} valid, {len(ds.test)} test interactions; "
+          f"torch threads {torch.get_num_threads()}")
     result = train_centralized(ds, args.model, args.epochs, embedding_dim=args.embedding_dim,
                                num_layers=args.num_layers, batch_size=args.batch_size,
                                lr=args.lr, reg=args.reg, seed=args.seed,
-                               eval_every=args.eval_every)
+                               eval_every=args.eval_every, patience=args.patience,
+                               metric=args.metric)
     config = {key: (str(value) if isinstance(value, Path) else value)
               for key, value in vars(args).items() if key != "out"}
     config["torch_threads"] = torch.get_num_threads()

@@ -15,7 +15,13 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from common.datasets import DATASETS
+from common.datasets import DATASETS, Dataset, load_dataset
+from common.formats import FORMATS
+from common.sources import SPLIT_MODES
+
+
+# Data keys added after runs were recorded (issue 15); see RunConfig.sharing_fingerprint.
+_LATER_DATA_KEYS = ("data-format", "k-core", "split", "valid-from-train")
 
 
 class ConfigError(ValueError):
@@ -33,11 +39,15 @@ class RunConfig(BaseModel):
                               frozen=True)
 
     # data
-    dataset: Literal[DATASETS] = "ml-100k"  # type: ignore[valid-type]
+    dataset: str = "ml-100k"
     data_dir: str = ""
+    data_format: Literal[("auto",) + FORMATS] = "auto"  # type: ignore[valid-type]
     rating_threshold: float = Field(0.0, ge=0.0)
+    k_core: int = Field(0, ge=0)
+    split: Literal[SPLIT_MODES] = "auto"  # type: ignore[valid-type]
     valid_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     test_ratio: float = Field(0.1, ge=0.0, lt=0.5)
+    valid_from_train: bool = True
     max_users: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     # federation
@@ -85,6 +95,13 @@ class RunConfig(BaseModel):
     state_dir: str = ".fedshare-state"
     out_dir: str = "results"
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name_or_path(cls, value: str) -> str:
+        if value in DATASETS or "/" in value or "\\" in value:
+            return value
+        raise ValueError(f"expected a dataset name ({', '.join(DATASETS)}) or a path containing '/'")
+
     @field_validator("snapshot_rounds")
     @classmethod
     def _rounds_list(cls, value: str) -> str:
@@ -113,11 +130,23 @@ class RunConfig(BaseModel):
         """Short hash of everything that decides which interactions are shared."""
         keys = ("dataset", "rating-threshold", "valid-ratio", "test-ratio", "max-users", "seed",
                 "sharing-ratio", "sharing-distribution", "sharing-file")
-        payload = json.dumps({k: self.as_dict()[k] for k in keys}, sort_keys=True)
+        values = self.as_dict()
+        chosen = {k: values[k] for k in keys}
+        # Later data keys count only when set, so earlier runs keep their fingerprints.
+        defaults = RunConfig().as_dict()
+        chosen.update({k: values[k] for k in _LATER_DATA_KEYS if values[k] != defaults[k]})
+        payload = json.dumps(chosen, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def data_root(self) -> Path | None:
         return Path(self.data_dir) if self.data_dir else None
+
+    def load_data(self) -> Dataset:
+        """The dataset these data keys describe (:func:`common.datasets.load_dataset`, cached)."""
+        return load_dataset(self.dataset, self.data_root(), rating_threshold=self.rating_threshold,
+                            seed=self.seed, valid_ratio=self.valid_ratio, test_ratio=self.test_ratio,
+                            max_users=self.max_users or None, k_core=self.k_core, split=self.split,
+                            fmt=self.data_format, valid_from_train=self.valid_from_train)
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -134,3 +135,38 @@ def test_training_only_touched_rows_equals_adam_over_the_whole_table():
     assert set(moved.tolist()) <= set(update.index.tolist())
     assert torch.equal(update.user_emb, user_ref)
     assert torch.equal(torch.from_numpy(update.values), item_ref[update.index])
+
+def test_nodes_sum_to_the_centralized_evaluation():
+    """Federated evaluation (nodes' evaluate_local sums, added) == the one evaluator run centrally.
+
+    Same user/item tables; each node holds a contiguous block of users in local ids and masks
+    with the shared rule (split_pairs): train for validation, train + valid for test.
+    """
+    import numpy as np
+
+    from common.datasets import partition_users
+    from common.metrics import add_sums, evaluate_split, finalize, split_pairs
+
+    torch.manual_seed(3)
+    users, items = torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM)
+    known, held = _group_split(seed=3)
+    parts = {"train": known, "valid": held[0::3], "test": torch.cat([held[1::3], held[2::3]])}
+    for split in ("valid", "test"):
+        central = evaluate_split(users, items, parts["train"], parts["valid"], parts["test"], split)
+        total: dict[str, float] = {}
+        for node in range(4):
+            hosted = torch.from_numpy(partition_users(NUM_USERS, node, 4))
+            local = {name: _to_local(pairs, hosted) for name, pairs in parts.items()}
+            node_known, node_truth = split_pairs(split, local["train"], local["valid"], local["test"])
+            view = GlobalView(items, None, torch.zeros(len(hosted), DIM),
+                              torch.zeros(len(hosted), dtype=torch.bool), None)
+            total = add_sums(total, evaluate_local(users[hosted], view, node_known, node_truth))
+        assert total.keys() == central.keys() and central["num-users"] == NUM_USERS
+        assert np.allclose([total[k] for k in central], list(central.values()), rtol=1e-12, atol=0)
+        assert finalize(total) == pytest.approx(finalize(central), rel=1e-12)
+
+
+def _to_local(pairs: torch.Tensor, hosted: torch.Tensor) -> torch.Tensor:
+    """The rows of ``pairs`` whose user is hosted, with users renumbered 0..len(hosted)-1."""
+    mine = torch.isin(pairs[:, 0], hosted)
+    return torch.stack([torch.searchsorted(hosted, pairs[mine, 0]), pairs[mine, 1]], 1)

@@ -38,3 +38,40 @@ def test_sharing_fingerprint_depends_on_sharing_setup_only():
     assert base.sharing_fingerprint() == load_config({"num-rounds": 3}).sharing_fingerprint()
     assert base.sharing_fingerprint() != load_config({"sharing-ratio": 0.3}).sharing_fingerprint()
     assert not load_config({"sharing-ratio": 0.0}).sharing_enabled
+
+
+def test_dataset_is_a_name_or_a_path_and_data_keys_are_checked():
+    assert load_config({"dataset": "yelp"}).dataset == "yelp"
+    assert load_config({"dataset": "../shared/data/yelp-diffnet"}).dataset.endswith("diffnet")
+    with pytest.raises(ConfigError, match="dataset: .*name .*or a path"):
+        load_config({"dataset": "netflix"})
+    for key, value in [("split", "temporal"), ("k-core", -1), ("data-format", "parquet"),
+                       ("valid-from-train", "maybe")]:
+        with pytest.raises(ConfigError, match=key):
+            load_config({key: value})
+
+
+def test_later_data_keys_change_the_sharing_fingerprint_only_when_set():
+    import hashlib
+    import json
+
+    base = load_config({})
+    old_keys = ("dataset", "rating-threshold", "valid-ratio", "test-ratio", "max-users", "seed",
+                "sharing-ratio", "sharing-distribution", "sharing-file")
+    old_payload = json.dumps({k: base.as_dict()[k] for k in old_keys}, sort_keys=True)
+    assert base.sharing_fingerprint() == hashlib.sha256(old_payload.encode()).hexdigest()[:12]
+    assert load_config({"k-core": 0}).sharing_fingerprint() == base.sharing_fingerprint()
+    assert load_config({"k-core": 5}).sharing_fingerprint() != base.sharing_fingerprint()
+    assert load_config({"split": "last"}).sharing_fingerprint() != base.sharing_fingerprint()
+
+
+def test_load_data_passes_every_data_key(tmp_path):
+    folder = tmp_path / "lg"
+    folder.mkdir()
+    (folder / "train.txt").write_text("".join(f"{u} 1 2 3 4 5\n" for u in range(4)))
+    (folder / "test.txt").write_text("".join(f"{u} 6\n" for u in range(4)))
+    cfg = load_config({"dataset": str(folder)})
+    data = cfg.load_data()
+    assert len(data.valid) == 4 and len(data.test) == 4           # valid-from-train: carved
+    plain = load_config({"dataset": str(folder), "valid-from-train": False}).load_data()
+    assert len(plain.valid) == 0 and len(plain.train) == 20

@@ -22,7 +22,8 @@ duplicate-free truth; ``test_duplicate_truth_pairs_count_once`` pins our behavio
 import pytest
 import torch
 
-from common.metrics import KS, add_sums, finalize, mask_scores, ranking_metric_sums
+from common.metrics import (KS, add_sums, evaluate_ranking, evaluate_split, finalize, mask_scores,
+                            ranking_metric_sums, split_pairs)
 
 # Hand-made example, ks = (1, 3, 5), 6 items.
 #   row 0: ranking 0,1,2,3,4,5; truth {1, 4} at ranks 2 and 5.
@@ -148,3 +149,75 @@ def test_agrees_with_pyg_link_pred_metrics(seed):
         assert ours[f"recall@{k}"] == pytest.approx(float(recall.compute()), rel=1e-5)
         assert ours[f"ndcg@{k}"] == pytest.approx(float(ndcg.compute()), rel=1e-5)
     assert ours["num-users"] == float(truth_row.unique().numel())
+
+
+# --------------------------------------------------------------------------- the one evaluator
+# Identity item vectors: user u's score of item i is USER_VECS[u, i].
+#   user 0: ranking 0..5; train {0}, valid {1}, test {2, 5}
+#     test  (mask 0, 1): ranking 2,3,4,5 -> test items at ranks 1 and 4
+#     valid (mask 0):    ranking 1,2,... -> valid item at rank 1
+#   user 1: ranking 5..0; train {5}, no valid, test {4} at rank 1 (skipped for valid)
+#   user 2: train {3}, valid {0}, no test (skipped for test);
+#     valid (mask 3): ranking 4,5,0,2,1 -> valid item at rank 3
+USER_VECS = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+                          [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                          [0.3, 0.1, 0.2, 0.6, 0.5, 0.4]])
+ITEM_VECS = torch.eye(6)
+TRAIN = torch.tensor([[0, 0], [1, 5], [2, 3]])
+VALID = torch.tensor([[0, 1], [2, 0]])
+TEST = torch.tensor([[0, 2], [0, 5], [1, 4]])
+EXPECTED_TEST = {
+    "recall@1": 1.5,                   # 1/2 + 1
+    "ndcg@1": 2.0,                     # 1 + 1
+    "recall@3": 1.5,                   # 1/2 + 1
+    "ndcg@3": 1.6131471927654584,      # 1/(1 + 1/log2 3) + 1
+    "recall@5": 2.0,                   # 1 + 1
+    "ndcg@5": 1.8772153153380493,      # (1 + 1/log2 5)/(1 + 1/log2 3) + 1
+    "num-users": 2.0,
+}
+EXPECTED_VALID = {"recall@1": 1.0, "ndcg@1": 1.0,     # user 0 hit at rank 1, user 2 at rank 3
+                  "recall@3": 2.0, "ndcg@3": 1.5,     # 1 + 1/log2 4
+                  "recall@5": 2.0, "ndcg@5": 1.5, "num-users": 2.0}
+
+
+@pytest.mark.parametrize("split,expected", [("test", EXPECTED_TEST), ("valid", EXPECTED_VALID)])
+@pytest.mark.parametrize("user_batch", [1, 2, 1024])
+def test_evaluate_split_hand_computed(split, expected, user_batch):
+    sums = evaluate_split(USER_VECS, ITEM_VECS, TRAIN, VALID, TEST, split, ks=(1, 3, 5),
+                          user_batch=user_batch)
+    assert sums.keys() == expected.keys()
+    for key, value in expected.items():
+        assert sums[key] == pytest.approx(value, rel=1e-12), (split, key)
+
+
+def test_test_split_masks_validation_items():
+    """Masking only training items ranks user 0's validation item 1 first: lower test metrics."""
+    train_only = evaluate_ranking(USER_VECS, ITEM_VECS, TRAIN, TEST, ks=(1, 3, 5))
+    assert train_only["ndcg@1"] == pytest.approx(1.0)          # user 0 misses at rank 1
+    assert EXPECTED_TEST["ndcg@1"] == 2.0
+    known, truth = split_pairs("test", TRAIN.numpy(), VALID.numpy(), TEST.numpy())
+    assert sorted(map(tuple, known.tolist())) == sorted(map(tuple, torch.cat([TRAIN, VALID]).tolist()))
+    assert torch.equal(truth, TEST)
+    known, truth = split_pairs("valid", TRAIN, VALID, TEST)
+    assert torch.equal(known, TRAIN) and torch.equal(truth, VALID)
+    with pytest.raises(ValueError, match="unknown split 'train'"):
+        split_pairs("train", TRAIN, VALID, TEST)
+
+
+def test_evaluate_ranking_matches_direct_metrics_and_checks_ids():
+    generator = torch.Generator().manual_seed(4)
+    users, items = torch.randn(64, 16, generator=generator), torch.randn(120, 16, generator=generator)
+    known = torch.nonzero(torch.rand(64, 120, generator=generator) < 0.2)
+    truth = torch.nonzero(torch.rand(64, 120, generator=generator) < 0.1)
+    truth = truth[truth[:, 0] >= 3]                                    # rows 0..2 have no truth
+    direct = ranking_metric_sums(mask_scores(users @ items.T, known[:, 0], known[:, 1]),
+                                 truth[:, 0], truth[:, 1])
+    ours = evaluate_ranking(users, items, known[torch.randperm(len(known), generator=generator)],
+                            truth, user_batch=9)
+    assert ours.keys() == direct.keys() and ours["num-users"] == 61
+    for key in direct:
+        assert ours[key] == pytest.approx(direct[key], rel=1e-12), key
+    with pytest.raises(ValueError, match="truth pairs outside"):
+        evaluate_ranking(users, items, known, torch.tensor([[64, 0]]))
+    with pytest.raises(ValueError, match="known pairs outside"):
+        evaluate_ranking(users, items, torch.tensor([[0, 120]]), torch.tensor([[0, 0]]))
