@@ -21,6 +21,7 @@ from client_app.local_training import GlobalView, LocalHyper, evaluate_local, tr
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
 from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
+from common.metrics import SPLITS, split_pairs
 from common.protocol import (EvaluateReply, Header, ModelPayload, ShareReply, TrainReply,
                              UnshareReply, to_record)
 from common.sharing import scheduled_withdrawals
@@ -170,15 +171,15 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rank all items for every hosted user; reply with metric sums (``split`` of the header)."""
+    """Rank all items for every hosted user; reply with metric sums of both splits."""
     cfg, node, state_dir = _setup(context)
     payload = ModelPayload.from_content(msg.content)
     header = payload.header
     _acked_counts(context, header)
     _ledger(cfg, node, state_dir, header)
-    known = node.train_local if header.split == "valid" else \
-        torch.cat([node.train_local, node.valid_local])
-    truth = node.valid_local if header.split == "valid" else node.test_local
-    sums = evaluate_local(_user_table(context, cfg, node, header, state_dir),
-                          _global_view(payload, node), known, truth, cfg.fusion)
+    user_emb, view = _user_table(context, cfg, node, header, state_dir), _global_view(payload, node)
+    sums = {}
+    for split in SPLITS:
+        known, truth = split_pairs(split, node.train_local, node.valid_local, node.test_local)
+        sums[split] = evaluate_local(user_emb, view, known, truth, cfg.fusion)
     return Message(EvaluateReply(sums).to_content(), reply_to=msg)

@@ -1,7 +1,7 @@
 """A node's view of the world: its users, their data, its state directory, its ledger.
 
 Flower-free so it can be used by the CLI and tests. The dataset is parsed once per
-process (``load_dataset`` is cached); only the hosted users' rows are kept here.
+process (``RunConfig.load_data`` is cached); only the hosted users' rows are kept here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from client_app.ledger import Ledger, load_or_create_ledger
 from common.config import RunConfig
-from common.datasets import load_dataset, partition_users
+from common.datasets import partition_users
 from common.sharing import load_sharing_file, shared_pairs
 
 
@@ -43,12 +43,10 @@ def default_state_dir(cfg: RunConfig, partition_id: int, num_partitions: int) ->
         f"node-{partition_id}-of-{num_partitions}"
 
 
-@lru_cache(maxsize=4096)  # a simulation actor hosts many nodes
+@lru_cache(maxsize=1 << 16)  # a simulation actor hosts many nodes (one per user, cross-user)
 def load_node(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeData:
     """The data of partition ``partition_id`` (cached per process)."""
-    ds = load_dataset(cfg.dataset, cfg.data_root(), rating_threshold=cfg.rating_threshold,
-                      seed=cfg.seed, valid_ratio=cfg.valid_ratio, test_ratio=cfg.test_ratio,
-                      max_users=cfg.max_users or None)
+    ds = cfg.load_data()
     users = partition_users(ds.num_users, partition_id, num_partitions)
     part = ds.users_slice(users)
 

@@ -11,8 +11,8 @@ Per round, for each sampled node (docs/design.md has the sequence):
 * ``query.unshare``: server sends a :class:`Header`; node replies :class:`UnshareReply`.
 * ``query.share``: server sends a :class:`Header`; node replies :class:`ShareReply`.
 * ``train``: server sends :class:`ModelPayload` (with negatives); node replies :class:`TrainReply`.
-* ``evaluate``: server sends :class:`ModelPayload` (``split`` in the header); node replies
-  :class:`EvaluateReply`.
+* ``evaluate``: server sends :class:`ModelPayload`; node replies :class:`EvaluateReply` (metric
+  sums of the validation and the test split, so model selection costs no extra message).
 
 Every server message carries the header: round config, the server's shared-edge count per
 user of the node (``ack``) and the answers to earlier unshare requests (``unshare-ack``),
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.metrics import metric_names
+from common.metrics import NUM_USERS_KEY, SPLITS, metric_names
 
 UNSHARE = "query.unshare"
 SHARE = "query.share"
@@ -116,14 +116,13 @@ class Header:
 
     server_round: int
     generation: int = 0
-    split: str = "test"
     acked_users: np.ndarray | None = None    # (n,) users of the node the server holds edges for
     acked_counts: np.ndarray | None = None   # (n,) the server's edge count of each
     answers: tuple[UnshareAnswer, ...] = ()
 
     def write(self, content: RecordDict) -> RecordDict:
         content["config"] = ConfigRecord({"server-round": self.server_round,
-                                          "generation": self.generation, "split": self.split})
+                                          "generation": self.generation})
         if self.acked_users is not None:
             content["ack"] = to_record(user=_int64(self.acked_users), count=_int64(self.acked_counts))
         if self.answers:
@@ -144,8 +143,8 @@ class Header:
         if "ack" in content.array_records:
             ack = _arrays(content, "ack", {"user": ("int64", 1), "count": ("int64", 1)})
             users, counts = ack["user"], ack["count"]
-        return cls(int(config["server-round"]), int(config.get("generation", 0)),
-                   str(config.get("split", "test")), users, counts, _answers(content))
+        return cls(int(config["server-round"]), int(config.get("generation", 0)), users, counts,
+                   _answers(content))
 
 
 def _answers(content: RecordDict) -> tuple[UnshareAnswer, ...]:
@@ -297,19 +296,22 @@ class TrainReply:
 
 @dataclass(frozen=True)
 class EvaluateReply:
-    """Per-metric sums over the node's evaluated users, and ``num-users``."""
+    """Per split (``valid``, ``test``): metric sums over the node's evaluated users and
+    ``num-users``, one MetricRecord per split."""
 
     RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "metrics": ("num-users", *metric_names())}
-    sums: dict[str, float] = field(default_factory=dict)
+        split: (NUM_USERS_KEY, *metric_names()) for split in SPLITS}
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_content(self) -> RecordDict:
-        return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in self.sums.items()})})
+        return RecordDict({split: MetricRecord({k: float(v) for k, v in self.sums[split].items()})
+                           for split in SPLITS})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "EvaluateReply":
-        raw = _metrics(content, cls.RECORDS["metrics"])
-        return cls({key: float(value) for key, value in raw.items()})
+        return cls({split: {key: float(value) for key, value in
+                            _metrics(content, cls.RECORDS[split], split).items()}
+                    for split in SPLITS})
 
 
 REPLIES: dict[str, Any] = {UNSHARE: UnshareReply, SHARE: ShareReply, TRAIN: TrainReply,

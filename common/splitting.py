@@ -115,7 +115,9 @@ def partition_users(num_users: int, partition_id: int, num_partitions: int) -> n
     if num_partitions < 1 or not 0 <= partition_id < num_partitions:
         raise ValueError(f"need 0 <= partition_id < num_partitions, "
                          f"got partition_id={partition_id}, num_partitions={num_partitions}")
-    return np.array_split(np.arange(num_users, dtype=np.int64), num_partitions)[partition_id]
+    size, extra = divmod(num_users, num_partitions)   # the first `extra` blocks get one more
+    start = partition_id * size + min(partition_id, extra)
+    return np.arange(start, start + size + (partition_id < extra), dtype=np.int64)
 
 
 

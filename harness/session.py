@@ -44,7 +44,7 @@ class Session:
         """Test metrics of the current models over every node."""
         _, metrics = self.strategy.evaluate(self.grid, list(self.grid.get_node_ids()),
                                             self.next_round - 1)
-        return metrics
+        return metrics["test"]
 
 
 def new_session(cfg: RunConfig, nodes: int, workdir: Path) -> Session:

@@ -16,7 +16,7 @@ from common.config import RunConfig, load_config
 from common.manifest import run_manifest
 from server_app.records import RoundRecord
 from server_app.state import ServerState
-from server_app.strategy import FedShareStrategy, Tap
+from server_app.strategy import FedShareStrategy, Tap, selection
 
 log = logging.getLogger("flwr.fedshare")
 app = ServerApp()
@@ -55,8 +55,10 @@ def _progress(record: RoundRecord, num_rounds: int) -> str:
             f" | server loss {record.server_loss:.4f} | shared edges {record.shared_edges}"
             f" | up {up / 1e6:.2f} MB down {down / 1e6:.2f} MB | {record.seconds:.1f}s")
     if record.metrics:
-        text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.metrics.items()
-                                 if k != "num-users")
+        text += " | test " + " ".join(f"{k} {v:.4f}" for k, v in record.metrics.items()
+                                      if k != "num-users")
+    if record.valid_metrics.get("num-users"):
+        text += f" | valid ndcg@20 {record.valid_metrics['ndcg@20']:.4f}"
     return text
 
 
@@ -96,10 +98,13 @@ def _manifest(cfg: RunConfig, fingerprint: str) -> dict:
 def _result(cfg: RunConfig, state: ServerState, seconds: float) -> dict:
     fingerprint = state.catalog.fingerprint if state.catalog else ""
     evaluated = [r for r in state.history if r.metrics]
+    chosen = selection(state.history, cfg.patience)
     return {
         "manifest": dict(_manifest(cfg, fingerprint)),
         "rounds": [record.to_dict() for record in state.history],
         "final": evaluated[-1].metrics if evaluated else {},
+        "best": {"round": chosen.best_step, "valid": dict(chosen.best_valid or {}),
+                 "test": dict(chosen.best_test or {}), "selection": chosen.summary()},
         "seconds": seconds,
         "server_state_dir": str(state.state_dir),
     }

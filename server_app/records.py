@@ -65,7 +65,8 @@ class RoundRecord:
     unlearning: bool = False
     lost_nodes: list[LostNode] = field(default_factory=list)
     phases: dict[str, PhaseStats] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)         # test split
+    valid_metrics: dict[str, float] = field(default_factory=dict)   # validation split
     seconds: float = 0.0
 
     def phase(self, name: str) -> PhaseStats:

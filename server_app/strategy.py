@@ -19,7 +19,8 @@ import numpy as np
 from flwr.app import Message
 
 from common.config import RunConfig
-from common.metrics import finalize
+from common.metrics import SPLITS, finalize
+from common.selection import DEFAULT_METRIC, Selection
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, UnshareReply, content_bytes)
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
@@ -45,22 +46,21 @@ class FedShareStrategy:
         self.withdrawal = Withdrawal(cfg, state)
 
     # ---------------------------------------------------------------- messages
-    def _header(self, node: int, rnd: int, split: str = "test") -> Header:
+    def _header(self, node: int, rnd: int) -> Header:
         """Round config, the server's edge counts for the node's users, and the answers the
         server owes the node (all persisted before this message is built)."""
         state = self.state
         users = state.registry.users_of(node)
         counts = state.edges.count_by_user(users) if state.edges is not None \
             else np.zeros(len(users), np.int64)
-        return Header(rnd, state.generation, split, users, counts,
-                      state.registry.take_answers(node))
+        return Header(rnd, state.generation, users, counts, state.registry.take_answers(node))
 
     def _message(self, node: int, kind: str, payload, rnd: int) -> Message:
         return Message(payload.to_content(), dst_node_id=node, message_type=kind,
                        group_id=str(rnd))
 
-    def _model_payload(self, node: int, rnd: int, negatives: bool, split: str = "test") -> ModelPayload:
-        state, header = self.state, self._header(node, rnd, split)
+    def _model_payload(self, node: int, rnd: int, negatives: bool) -> ModelPayload:
+        state, header = self.state, self._header(node, rnd)
         if state.views is None:
             return ModelPayload(header, state.item_emb)
         user_views, item_views = state.views
@@ -192,27 +192,28 @@ class FedShareStrategy:
         return float(np.average(losses, weights=weights)) if sum(weights) else float("nan")
 
     # ---------------------------------------------------------------- evaluate phase
-    def configure_evaluate(self, nodes: list[int], rnd: int, split: str = "test") -> list[Message]:
-        return [self._message(n, EVALUATE, self._model_payload(n, rnd, False, split), rnd)
-                for n in nodes]
+    def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
+        return [self._message(n, EVALUATE, self._model_payload(n, rnd, False), rnd) for n in nodes]
 
-    def aggregate_evaluate(self, replies: Replies, stats: PhaseStats) -> dict[str, float]:
-        total: dict[str, float] = {}
+    def aggregate_evaluate(self, replies: Replies, stats: PhaseStats) -> dict[str, dict[str, float]]:
+        """Metrics per split (``valid``, ``test``) over every valid reply."""
+        total: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
         for node, reply in replies:
             try:
                 sums = check_evaluate(decode(EvaluateReply, reply.content))
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: evaluate rejected: {exc}")
                 continue
-            for key, value in sums.items():
-                total[key] = total.get(key, 0.0) + value
+            for split, values in sums.items():
+                for key, value in values.items():
+                    total[split][key] = total[split].get(key, 0.0) + value
             stats.ok += 1
-        return finalize(total) if total else {}
+        return {split: finalize(sums) for split, sums in total.items() if sums}
 
-    def evaluate(self, grid, nodes: list[int], rnd: int, split: str = "test"):
-        """One evaluation of the current models on ``nodes``: ``(stats, metrics)``."""
+    def evaluate(self, grid, nodes: list[int], rnd: int):
+        """One evaluation of the current models on ``nodes``: ``(stats, metrics per split)``."""
         stats, start = PhaseStats(), time.perf_counter()
-        replies = self._exchange(grid, self.configure_evaluate(nodes, rnd, split), "evaluate", stats)
+        replies = self._exchange(grid, self.configure_evaluate(nodes, rnd), "evaluate", stats)
         metrics = self.aggregate_evaluate(replies, stats)
         stats.seconds = time.perf_counter() - start
         return stats, metrics
@@ -260,7 +261,8 @@ class FedShareStrategy:
         record.generation = state.generation
         record.lost_nodes = self._lost_nodes(record.phase("train").lost)
         if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
-            record.phases["evaluate"], record.metrics = self.evaluate(grid, all_nodes, rnd)
+            record.phases["evaluate"], metrics = self.evaluate(grid, all_nodes, rnd)
+            record.metrics, record.valid_metrics = metrics.get("test", {}), metrics.get("valid", {})
         return record
 
     def _lost_nodes(self, nodes: list[int]) -> list[LostNode]:
@@ -275,9 +277,14 @@ class FedShareStrategy:
     def run(self, grid, rounds: Iterable[int],
             on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
         """Run ``rounds`` in order; each is timed, closed in the state (saved) and passed to
-        ``on_round``."""
+        ``on_round``. Stops early once validation NDCG@20 has not improved for ``patience``
+        evaluations (``patience`` 0: never)."""
         records = []
         for rnd in rounds:
+            if selection(self.state.history, self.cfg.patience).should_stop:
+                log.info("validation %s did not improve for %d evaluations: stopping",
+                         DEFAULT_METRIC, self.cfg.patience)
+                break
             start = time.perf_counter()
             record = self.run_round(grid, rnd)
             record.seconds = time.perf_counter() - start
@@ -286,6 +293,16 @@ class FedShareStrategy:
             if on_round is not None:
                 on_round(record)
         return records
+
+
+def selection(history: list[RoundRecord], patience: int = 0) -> Selection:
+    """Model selection over a run's rounds: the best validation NDCG@20 and the test metrics
+    of that round (rounds without a validation split are not considered)."""
+    chosen = Selection(DEFAULT_METRIC, patience)
+    for record in history:
+        if record.valid_metrics.get("num-users", 0) > 0:
+            chosen = chosen.observe(record.round, record.valid_metrics, record.metrics)
+    return chosen
 
 
 def _pull_all(grid, message_ids: list[str], timeout: float, poll: float) -> list[Message]:

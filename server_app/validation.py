@@ -71,11 +71,12 @@ def check_train(reply: TrainReply, num_items: int, dim: int) -> RowUpdate:
     return RowUpdate(index, values, counts)
 
 
-def check_evaluate(reply: EvaluateReply) -> dict[str, float]:
-    """Metric sums of an evaluate reply; each in ``[0, num-users]``."""
-    users = reply.sums["num-users"]
-    if not all(0 <= v <= max(users, 0) + 1e-6 for v in reply.sums.values()):
-        raise ReplyError("metric sums out of range")
+def check_evaluate(reply: EvaluateReply) -> dict[str, dict[str, float]]:
+    """Metric sums of an evaluate reply per split; each in ``[0, num-users]``."""
+    for split, sums in reply.sums.items():
+        users = sums["num-users"]
+        if not all(0 <= v <= max(users, 0) + 1e-6 for v in sums.values()):
+            raise ReplyError(f"{split} metric sums out of range")
     return reply.sums
 
 

@@ -25,7 +25,7 @@ def _same(a, b) -> None:
             assert x == y, name
 
 
-HEADER = Header(3, 1, "valid", I64(4, 9), I64(2, 0),
+HEADER = Header(3, 1, I64(4, 9), I64(2, 0),
                 (UnshareAnswer(11, False), UnshareAnswer(12, True, "never shared")))
 PAYLOADS = [
     HEADER,
@@ -37,8 +37,9 @@ PAYLOADS = [
     UnshareReply(I64(7, 7), I64(1, 1), I64(3, 4), 1),
     TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
                True, False),
-    EvaluateReply({"num-users": 2.0, **{f"{m}@{k}": 0.5 for m in ("recall", "ndcg")
-                                        for k in (10, 20, 50)}}),
+    EvaluateReply({split: {"num-users": 2.0, **{f"{m}@{k}": 0.25 * (split == "test")
+                                                 for m in ("recall", "ndcg") for k in (10, 20, 50)}}
+                   for split in ("valid", "test")}),
 ]
 
 

@@ -72,10 +72,10 @@ def test_unshare_reply_checks():
 
 def test_evaluate_reply_checks():
     good = {"num-users": 2.0, **{f"{m}@{k}": 0.5 for m in ("recall", "ndcg") for k in (10, 20, 50)}}
-    assert check_evaluate(EvaluateReply(good))["recall@20"] == 0.5
-    with pytest.raises(ReplyError, match="out of range"):
-        check_evaluate(EvaluateReply({**good, "recall@20": 5.0}))
-    content = EvaluateReply(good).to_content()
-    content["metrics"] = MetricRecord({**good, "recall@20": [0.1, 0.2]})
+    assert check_evaluate(EvaluateReply({"valid": good, "test": good}))["test"]["recall@20"] == 0.5
+    with pytest.raises(ReplyError, match="valid metric sums out of range"):
+        check_evaluate(EvaluateReply({"valid": {**good, "recall@20": 5.0}, "test": good}))
+    content = EvaluateReply({"valid": good, "test": good}).to_content()
+    content["test"] = MetricRecord({**good, "recall@20": [0.1, 0.2]})
     with pytest.raises(ReplyError, match="must be a number"):
         decode(EvaluateReply, content)

@@ -1,0 +1,62 @@
+"""Federated evaluation is the one evaluator: the metrics the server aggregates from the real
+ClientApps (several nodes, serialised messages) equal a centralized evaluation of the same
+tables; model selection picks the best validation round and can stop a run early."""
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import load_config
+from common.datasets import default_data_root, partition_users
+from common.metrics import SPLITS, evaluate_split, finalize
+from harness.session import new_session
+from server_app.strategy import selection
+
+pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
+                                reason="ML-100K not available")
+
+
+def _cfg(tmp_path, **overrides):
+    return load_config({"max-users": 80, "num-rounds": 6, "eval-every": 1, "fraction-train": 1.0,
+                        "sharing-ratio": 0.5, "state-dir": str(tmp_path / "x"),
+                        "out-dir": str(tmp_path / "out"), **overrides})
+
+
+def _central_tables(session) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused tables the nodes score with, put together: private user rows from each
+    node's disk plus the server's global views."""
+    state = session.state
+    user_views, item_views = state.views
+    users = torch.zeros(state.catalog.num_users, user_views.shape[1])
+    for context, node_dir in zip(session.grid.contexts.values(), session.node_dirs()):
+        pid, num = context.node_config["partition-id"], context.node_config["num-partitions"]
+        with np.load(node_dir / "user-emb-run-1.npz") as saved:
+            users[partition_users(state.catalog.num_users, pid, num)] = torch.from_numpy(saved["weight"])
+    users += torch.from_numpy(user_views)
+    return users, torch.from_numpy(state.item_emb + item_views)
+
+
+def test_federated_metrics_equal_centralized_ones_on_the_same_tables(tmp_path):
+    cfg = _cfg(tmp_path)
+    session = new_session(cfg, 4, tmp_path / "fed")
+    session.run_rounds(2)
+    _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
+    ds = cfg.load_data()
+    users, items = _central_tables(session)
+    for split in SPLITS:
+        central = finalize(evaluate_split(users, items, ds.train, ds.valid, ds.test, split))
+        assert federated[split]["num-users"] == central["num-users"] > 0
+        for key, value in central.items():
+            assert federated[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+def test_selection_reports_the_best_validation_round_and_patience_stops_the_run(tmp_path):
+    cfg = _cfg(tmp_path, **{"patience": 1, "local-lr": 0.5, "num-rounds": 12})  # lr too high:
+    session = new_session(cfg, 2, tmp_path / "fed")                            # it overshoots
+    records = session.run_rounds(12)
+    valid = [r.valid_metrics["ndcg@20"] for r in records]
+    chosen = selection(session.state.history, cfg.patience)
+    assert chosen.best_step == records[int(np.argmax(valid))].round
+    assert chosen.best_test == records[int(np.argmax(valid))].metrics
+    assert len(records) < 12 and chosen.should_stop               # stopped early...
+    assert valid[-1] <= max(valid) and records[-1].round == chosen.best_step + 1  # ...one round after
