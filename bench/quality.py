@@ -1,15 +1,32 @@
-"""Quality benchmark: FedAvg vs FedShare at several sharing ratios vs centralized LightGCN.
+"""Quality benchmark: FedAvg vs FedShare (tuned with equal effort, chosen on validation) vs
+centralized LightGCN / BPR-MF, in the cross-user setting (one user per node) or with
+many users per node.
 
-    python bench/quality.py --dataset ml-100k --out bench/out/quality-ml-100k.json
+    python bench/quality.py --dataset ml-100k --setting cross-user --out bench/out/q.json
+    python bench/quality.py --dataset ml-100k --setting cross-user --plan sweep --out ...
 
-Every federated row runs the real ServerApp strategy and ClientApp handlers (in one
-process, see harness/inprocess.py) for ``--rounds`` rounds; the centralized rows train for
-the same number of epochs with the same evaluator. Writes one JSON list of rows.
+Plans:
+* ``main``: FedAvg (ρ = 0) and FedShare at ``--ratios``, each tuned over the same ``--grid`` of
+  client configurations (so both get the same number of runs); the configuration with the best
+  validation NDCG@20 is reported with its test metrics at its best validation round.
+  Centralized LightGCN and BPR-MF, validated every epoch, complete the table.
+* ``sweep``: FedShare at every ``--ratios`` value (and the ``uniform`` distribution at 0.5) with
+  one configuration (``--set``), FedAvg beside it.
+* ``alignment``: FedShare at ρ = 0.5 over ``--grid`` with and without the InfoNCE alignment
+  (``--set`` adds the alignment knobs; ``cl-weight`` comes from ``--cl-weight``).
+
+Every federated run is the real ServerApp strategy and ClientApp handlers in one process
+(harness/inprocess.py), evaluated by the one evaluator on the validation and test splits every
+``--eval-every`` rounds, stopped after ``--patience`` evaluations without improvement.
+Rows: ``{method, sharing_ratio, setting, recall@20, ndcg@20, recall@10, ndcg@10, best_round,
+rounds_run, seconds, config, grid, curve, manifest}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import sys
 import tempfile
 import time
@@ -18,68 +35,142 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from harness.inprocess import run_inprocess  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
-from common.datasets import load_dataset  # noqa: E402
+from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
+from harness.inprocess import run_inprocess  # noqa: E402
 
-COLUMNS = ["method", "sharing_ratio", "recall@20", "ndcg@20", "recall@10", "ndcg@10",
-           "rounds", "seconds"]
+COLUMNS = ["method", "sharing_ratio", "setting", "recall@20", "ndcg@20", "recall@10", "ndcg@10",
+           "best_round", "rounds_run", "seconds", "config"]
+METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
 
 
-def federated_row(method: str, base: dict, overrides: dict, nodes: int) -> dict:
+def parse_grid(text: str) -> list[dict]:
+    """``"local-epochs=1,5 local-lr=0.01"`` -> the product of the listed values."""
+    axes = []
+    for item in text.split():
+        key, values = item.split("=", 1)
+        axes.append([(key, json.loads(v)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)] or [{}]
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["cl-weight=0.1", "fusion=concat"]`` -> typed values (JSON where it parses)."""
+    out = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def federated_run(base: dict, overrides: dict, nodes: int) -> dict:
+    """One run; its test metrics at the best validation round and its validation curve."""
     config = {**base, **overrides}
     start = time.perf_counter()
     result = run_inprocess(config, nodes)
-    final = result["final"]
-    return {"method": method, "sharing_ratio": config.get("sharing-ratio", 0.5),
-            **{k: final[k] for k in ("recall@20", "ndcg@20", "recall@10", "ndcg@10")},
-            "rounds": config["num-rounds"], "seconds": round(time.perf_counter() - start, 1),
-            "manifest": result["manifest"]}
+    best = result["best"]
+    curve = [(r["round"], r["valid_metrics"].get("ndcg@20"), r["metrics"].get("ndcg@20"))
+             for r in result["rounds"] if r.get("valid_metrics")]
+    return {"config": overrides, "best_round": best["round"], "valid_ndcg@20": best["valid"].get("ndcg@20"),
+            "test": best["test"], "rounds_run": len(result["rounds"]), "curve": curve,
+            "seconds": round(time.perf_counter() - start, 1), "manifest": result["manifest"]}
 
 
-def centralized_row(dataset: str, model: str, epochs: int, lr: float, threads: int) -> dict:
-    import torch
-    torch.set_num_threads(threads)
-    ds = load_dataset(dataset)
-    result = train_centralized(ds, model, epochs, lr=lr, log=lambda *a, **k: None)
-    metrics = result["metrics"]
-    config = {"model": model, "epochs": epochs, "lr": lr, "dataset": dataset}
-    return {"method": f"centralized-{model}", "sharing_ratio": 1.0,
-            **{k: metrics[k] for k in ("recall@20", "ndcg@20", "recall@10", "ndcg@10")},
-            "rounds": epochs, "seconds": round(result["seconds"], 1),
-            "manifest": run_manifest(config, 0, ds.fingerprint)}
+def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int,
+              setting: str) -> dict:
+    """Every grid point under ``fixed``; the row is the one with the best validation NDCG@20."""
+    runs = []
+    for point in grid:
+        runs.append(federated_run(base, {**fixed, **point}, nodes))
+        print(f"  {method} {runs[-1]['config']}: valid ndcg@20 {runs[-1]['valid_ndcg@20']:.4f} "
+              f"at round {runs[-1]['best_round']} ({runs[-1]['seconds']} s)", flush=True)
+    best = max(runs, key=lambda run: run["valid_ndcg@20"])
+    return {"method": method, "sharing_ratio": fixed.get("sharing-ratio", base["sharing-ratio"]),
+            "setting": setting, **{k: best["test"][k] for k in METRICS},
+            "best_round": best["best_round"], "rounds_run": best["rounds_run"],
+            "seconds": round(sum(r["seconds"] for r in runs), 1), "config": best["config"],
+            "grid": [{k: r[k] for k in ("config", "valid_ndcg@20", "best_round", "seconds")}
+                     for r in runs], "curve": best["curve"], "manifest": best["manifest"]}
+
+
+def centralized_row(cfg, model: str, args) -> dict:
+    ds = cfg.load_data()
+    result = train_centralized(ds, model, args.central_epochs, lr=args.central_lr,
+                               eval_every=args.central_eval_every,
+                               patience=args.central_patience, log=lambda *a, **k: None)
+    config = {"model": model, "epochs": args.central_epochs, "lr": args.central_lr}
+    return {"method": f"centralized-{model}", "sharing_ratio": 1.0, "setting": "centralized",
+            **{k: result["metrics"][k] for k in METRICS}, "best_round": result["best_epoch"],
+            "rounds_run": result["epochs"], "seconds": round(result["seconds"], 1),
+            "config": config, "curve": [(e["epoch"], e["valid"]["ndcg@20"], None)
+                                        for e in result["curve"] if "valid" in e],
+            "manifest": run_manifest({**config, "dataset": cfg.dataset}, cfg.seed, ds.fingerprint)}
+
+
+def plan_rows(args, base: dict, nodes: int) -> list[tuple[str, dict, list[dict]]]:
+    """``(method, fixed overrides, grid)`` of every federated row of the plan."""
+    grid, fixed = parse_grid(args.grid), parse_set(args.set)
+    if args.plan == "main":
+        return [("fedavg", {**fixed, "sharing-ratio": 0.0}, grid)] + \
+            [("fedshare", {**fixed, "sharing-ratio": r}, grid) for r in args.ratios if r > 0]
+    if args.plan == "sweep":
+        rows = [("fedavg" if r == 0 else "fedshare", {**fixed, "sharing-ratio": r}, [{}])
+                for r in args.ratios]
+        return rows + [("fedshare-uniform", {**fixed, "sharing-ratio": 0.5,
+                                             "sharing-distribution": "uniform"}, [{}])]
+    aligned = {**fixed, "sharing-ratio": 0.5, "cl-weight": args.cl_weight}
+    return [("fedshare", {**fixed, "sharing-ratio": 0.5, "cl-weight": 0.0}, grid),
+            ("fedshare+alignment", aligned, grid)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default="ml-100k", help="a dataset name or a path")
+    parser.add_argument("--setting", choices=("cross-user", "nodes"), default="cross-user")
+    parser.add_argument("--plan", choices=("main", "sweep", "alignment"), default="main")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--nodes", type=int, default=100)
-    parser.add_argument("--fraction-train", type=float, default=0.2)
-    parser.add_argument("--centralized-lr", type=float, default=0.01)
+    parser.add_argument("--nodes", type=int, default=100, help="nodes of the 'nodes' setting")
+    parser.add_argument("--rounds", type=int, default=100, help="at most this many rounds")
+    parser.add_argument("--fraction-train", type=float, default=0.1)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--grid", default="local-epochs=1,5",
+                        help='client configurations tried for every method, e.g. "local-epochs=1,5 local-lr=0.01,0.03"')
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="run-config values fixed for every run")
+    parser.add_argument("--cl-weight", type=float, default=0.1)
+    parser.add_argument("--central-epochs", type=int, default=200)
+    parser.add_argument("--central-lr", type=float, default=0.001)
+    parser.add_argument("--central-eval-every", type=int, default=5)
+    parser.add_argument("--central-patience", type=int, default=10)
+    parser.add_argument("--max-users", type=int, default=0, help="keep users 0..N-1 (quick runs)")
+    parser.add_argument("--no-centralized", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="fedshare-quality-")
-    base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": args.rounds,
-            "fraction-train": args.fraction_train, "torch-threads": args.threads,
+    base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": args.eval_every,
+            "patience": args.patience, "fraction-train": args.fraction_train,
+            "max-users": args.max_users,
+            "torch-threads": args.threads, "sharing-ratio": 0.5,
             "state-dir": f"{scratch}/state", "out-dir": f"{scratch}/results"}
-    plan = [
-        ("fedavg", {"sharing-ratio": 0.0}),
-        ("fedavg-5-local-epochs", {"sharing-ratio": 0.0, "local-epochs": 5, "batch-size": 256}),
-        ("fedshare", {"sharing-ratio": 0.25}),
-        ("fedshare", {"sharing-ratio": 0.5}),
-        ("fedshare", {"sharing-ratio": 1.0}),
-        ("fedshare+cl", {"sharing-ratio": 0.5, "cl-weight": 0.1}),
-    ]
+    cfg = load_config(base)
+    nodes = cfg.load_data().num_users if args.setting == "cross-user" else args.nodes
+    print(f"{args.dataset}: {nodes} nodes ({args.setting}), plan {args.plan}", flush=True)
     rows = []
-    for method, overrides in plan:
-        rows.append(federated_row(method, base, overrides, args.nodes))
+    for method, fixed, grid in plan_rows(args, base, nodes):
+        rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting))
         print_table(rows[-1:], COLUMNS)
-    for model in ("lightgcn", "bprmf"):
-        rows.append(centralized_row(args.dataset, model, args.rounds, args.centralized_lr,
-                                    args.threads))
+        write_json(args.out, rows)
+    if args.plan == "main" and not args.no_centralized:
+        for model in ("lightgcn", "bprmf"):
+            rows.append(centralized_row(cfg, model, args))
+            write_json(args.out, rows)
+    for row in rows:
+        row["bench"] = vars(args)
     print()
     print_table(rows, COLUMNS)
     write_json(args.out, rows)
