@@ -159,7 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     ledger = _ledger(cfg, node, state_dir, header)
     pending = bool(_unsynced_users(ledger, _acked_counts(context, header)))
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
-                    cfg.cl_temperature, cfg.fusion)
+                    cfg.cl_temperature, cfg.fusion, cfg.cl_side)
     update = train_local(_user_table(context, cfg, node, header, state_dir), node.train_local,
                          _global_view(payload, node), hp,
                          seed=cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id)

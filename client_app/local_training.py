@@ -35,6 +35,7 @@ class LocalHyper:
     cl_weight: float
     cl_temperature: float
     fusion: str = "sum"
+    cl_side: str = "user"      # "user": e_u ~ g_u (sharing users); "item": e_i ~ h_i; "both"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,16 @@ def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor, view: GlobalVie
     return user_emb + view.user_graph, item_emb + item_graph
 
 
+def _user_alignment(user: torch.Tensor, view: GlobalView, user_index: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """InfoNCE between a sharing user's local row ``e_u`` and global view ``g_u``, against the
+    other sharing users of the batch and the pooled negatives (0 without sharing users)."""
+    sharing = torch.unique(user_index[view.user_shares[user_index]])
+    if not len(sharing):
+        return user.new_zeros(())
+    return info_nce(user[sharing], view.user_graph[sharing], view.negatives, temperature)
+
+
 def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_index, pos, neg,
                 hp: LocalHyper) -> torch.Tensor:
     users, items = fused_tables(user, item, view, hp.fusion)
@@ -81,11 +92,12 @@ def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_i
     neg_scores = (u_vec * items[neg]).sum(-1)
     loss = bpr_loss(pos_scores, neg_scores)
     loss = loss + hp.reg * l2_penalty(user[user_index], item[pos], item[neg])
-    if hp.cl_weight > 0 and bool(view.user_shares.any()):
-        sharing = torch.unique(user_index[view.user_shares[user_index]])
-        if len(sharing):
-            loss = loss + hp.cl_weight * info_nce(user[sharing], view.user_graph[sharing],
-                                                  view.negatives, hp.cl_temperature)
+    if hp.cl_weight > 0 and hp.cl_side in ("user", "both"):
+        loss = loss + hp.cl_weight * _user_alignment(user, view, user_index, hp.cl_temperature)
+    if hp.cl_weight > 0 and hp.cl_side in ("item", "both") and view.item_graph is not None:
+        items_in_batch = torch.unique(pos)
+        loss = loss + hp.cl_weight * info_nce(item[items_in_batch], view.item_graph[items_in_batch],
+                                              None, hp.cl_temperature)
     return loss
 
 

@@ -102,6 +102,20 @@ def test_alignment_pulls_sharing_users_towards_their_global_view():
     assert cos(aligned) > cos(plain) + 0.2
 
 
+def test_item_side_alignment_pulls_trained_item_rows_towards_the_server_item_views():
+    torch.manual_seed(4)
+    pairs, start = _pairs(), 0.1 * torch.randn(NUM_USERS, DIM)
+    h_i = torch.randn(NUM_ITEMS, DIM)
+    view = _view(0.1 * torch.randn(NUM_ITEMS, DIM), item_graph=h_i)   # nobody shares a user row
+    def cos(update):
+        return F.cosine_similarity(torch.from_numpy(update.values), h_i[update.index]).mean()
+    plain = train_local(start, pairs, view, _hp(epochs=5), seed=3)
+    aligned = train_local(start, pairs, view, _hp(epochs=5, cl_weight=1.0, cl_side="item"), seed=3)
+    user_only = train_local(start, pairs, view, _hp(epochs=5, cl_weight=1.0, cl_side="user"), seed=3)
+    assert cos(aligned) > cos(plain) + 0.2
+    assert torch.equal(torch.from_numpy(user_only.values), torch.from_numpy(plain.values))
+
+
 def _dense_reference(user_emb, pairs, view, hp, seed):
     """Adam over the whole item table (how local training worked before it became sparse)."""
     from client_app.local_training import _batch_loss
