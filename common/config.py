@@ -64,6 +64,7 @@ class RunConfig(BaseModel):
     local_lr: float = Field(0.01, gt=0.0)
     batch_size: int = Field(1024, ge=1)
     reg: float = Field(1e-4, ge=0.0)
+    max_row_change: float = Field(0.0, ge=0.0)
     torch_threads: int = Field(1, ge=1)
     fusion: Literal["sum", "concat"] = "sum"
     # personalized sharing

@@ -20,14 +20,24 @@ class RowUpdate:
     counts: np.ndarray  # (r,) float32 > 0
 
 
+class NonFiniteTable(ArithmeticError):
+    """Aggregation produced NaN/Inf rows; the table is not replaced."""
+
+
 def aggregate_rows(table: np.ndarray, updates: list[RowUpdate]) -> np.ndarray:
-    """New ``(I, d)`` table after per-row weighted averaging of ``updates``."""
+    """New ``(I, d)`` table after per-row weighted averaging of ``updates``.
+
+    Sums are in float64 (a float32 ``count * value`` overflows long before its average does);
+    a result that is not finite is refused (:class:`NonFiniteTable`), never kept."""
     numerator = np.zeros(table.shape, dtype=np.float64)
     weight = np.zeros(table.shape[0], dtype=np.float64)
     for update in updates:
-        numerator[update.index] += update.counts[:, None] * update.values
-        weight[update.index] += update.counts
+        counts = update.counts.astype(np.float64)
+        numerator[update.index] += counts[:, None] * update.values
+        weight[update.index] += counts
     touched = weight > 0
     result = table.copy()
     result[touched] = (numerator[touched] / weight[touched, None]).astype(table.dtype)
+    if not np.isfinite(result).all():
+        raise NonFiniteTable("aggregated item table has non-finite rows")
     return result

@@ -23,10 +23,11 @@ from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC, Selection
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, UnshareReply, content_bytes)
+from server_app.aggregation import NonFiniteTable
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.state import CatalogMismatch, ServerState
-from server_app.validation import (ReplyError, check_evaluate, check_share, check_train,
-                                   check_unshare, decode)
+from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
+                                   check_train, check_unshare, decode)
 from server_app.withdrawal import Withdrawal
 
 log = logging.getLogger("flwr.fedshare")
@@ -44,6 +45,8 @@ class FedShareStrategy:
         self.tap = tap
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.withdrawal = Withdrawal(cfg, state)
+        self.train_bounds = TrainBounds(cfg.local_epochs, cfg.local_lr, cfg.batch_size,
+                                        cfg.max_row_change)
 
     # ---------------------------------------------------------------- messages
     def _header(self, node: int, rnd: int) -> Header:
@@ -178,7 +181,7 @@ class FedShareStrategy:
         for node, reply in replies:
             try:
                 train = decode(TrainReply, reply.content)
-                update = check_train(train, self.state.catalog.num_items, self.cfg.embedding_dim)
+                update = check_train(train, self.state.item_emb, self.train_bounds)
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: train rejected: {exc}")
                 continue
@@ -188,7 +191,10 @@ class FedShareStrategy:
             weights.append(train.num_examples)
             self.state.registry.note_train_reply(node, train.pending_sharing, train.pending_unshare)
             stats.ok += 1
-        self.state.apply_row_updates(updates)
+        try:
+            self.state.apply_row_updates(updates)
+        except NonFiniteTable as exc:   # the validated replies still overflowed: keep the table
+            stats.rejected.append(f"round's updates not applied: {exc}")
         return float(np.average(losses, weights=weights)) if sum(weights) else float("nan")
 
     # ---------------------------------------------------------------- evaluate phase
@@ -200,7 +206,8 @@ class FedShareStrategy:
         total: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
         for node, reply in replies:
             try:
-                sums = check_evaluate(decode(EvaluateReply, reply.content))
+                sums = check_evaluate(decode(EvaluateReply, reply.content),
+                                      self.state.catalog.num_users)
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: evaluate rejected: {exc}")
                 continue

@@ -9,12 +9,18 @@ strategy logs it with the node id and goes on with the other replies.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from common.protocol import (EvaluateReply, ProtocolError, ShareReply, TrainReply,
                              UnshareReply)
 from server_app.aggregation import RowUpdate
 
 MAX_SHARE_PAIRS = 5_000_000
+MAX_CATALOG = 100_000_000        # users or items a federation may claim
+MAX_EXAMPLES = 1_000_000_000     # training samples one node may report for a round
+ADAM_STEP_BOUND = 3.2            # |Adam step| <= lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.17 lr
 
 
 class ReplyError(ValueError):
@@ -43,8 +49,9 @@ def check_share(reply: ShareReply, num_users: int | None, num_items: int | None)
     """The ``(m, 2)`` [user, item] pairs of a share reply; ids are checked against the
     federation's catalog when it is known, else against the node's own claim."""
     _check_size("share", len(reply.user))
-    if reply.num_users < 1 or reply.num_items < 1:
-        raise ReplyError("catalog sizes must be positive")
+    if not (1 <= reply.num_users <= MAX_CATALOG and 1 <= reply.num_items <= MAX_CATALOG):
+        raise ReplyError(f"implausible catalog: {reply.num_users} users, {reply.num_items} items "
+                         f"(each must be in [1, {MAX_CATALOG}])")
     check_ids("user", reply.user, num_users or reply.num_users)
     check_ids("item", reply.item, num_items or reply.num_items)
     pairs = np.stack([reply.user, reply.item], axis=1)
@@ -53,8 +60,29 @@ def check_share(reply: ShareReply, num_users: int | None, num_items: int | None)
     return pairs
 
 
-def check_train(reply: TrainReply, num_items: int, dim: int) -> RowUpdate:
-    """The row update of a train reply (shapes, ids, finiteness, positive counts)."""
+@dataclass(frozen=True)
+class TrainBounds:
+    """What an honest node's reply can look like under the run's local-training config."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    max_row_change: float = 0.0   # configured bound on a row's L2 change; 0: derived (below)
+
+    def row_change(self, num_examples: int, dim: int) -> float:
+        """Largest L2 change of one row: every Adam step moves a coordinate by at most
+        ~3.2 lr, and a round has ``epochs * ceil(n / batch)`` steps (n samples per epoch)."""
+        if self.max_row_change > 0:
+            return self.max_row_change
+        per_epoch = max(1, num_examples // max(self.epochs, 1))
+        steps = self.epochs * math.ceil(per_epoch / self.batch_size)
+        return ADAM_STEP_BOUND * self.lr * steps * math.sqrt(dim)
+
+
+def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds) -> RowUpdate:
+    """The row update of a train reply: shapes, ids, finiteness, positive counts no larger
+    than the reported samples can produce, and each row's change within ``bounds``."""
+    num_items, dim = table.shape
     index, values, counts = reply.index, reply.values, reply.counts
     if values.shape != (len(index), dim) or counts.shape != (len(index),):
         raise ReplyError(f"update shapes disagree: index {index.shape}, values {values.shape}, "
@@ -66,16 +94,25 @@ def check_train(reply: TrainReply, num_items: int, dim: int) -> RowUpdate:
         raise ReplyError("NaN or Inf in update")
     if len(counts) and counts.min() <= 0:
         raise ReplyError("non-positive row counts")
-    if reply.num_examples < 0:
-        raise ReplyError("negative num-examples")
+    if not 0 <= reply.num_examples <= MAX_EXAMPLES:
+        raise ReplyError(f"num-examples {reply.num_examples} outside [0, {MAX_EXAMPLES}]")
+    if counts.astype(np.float64).sum() > 2 * reply.num_examples + 0.5:  # a positive + a negative each
+        raise ReplyError("row counts exceed what num-examples can produce")
+    change = np.linalg.norm(values.astype(np.float64) - table[index], axis=1)
+    limit = bounds.row_change(reply.num_examples, dim)
+    if len(change) and change.max() > limit:
+        raise ReplyError(f"row change {change.max():.3g} beyond the bound {limit:.3g}")
     return RowUpdate(index, values, counts)
 
 
-def check_evaluate(reply: EvaluateReply) -> dict[str, dict[str, float]]:
-    """Metric sums of an evaluate reply per split; each in ``[0, num-users]``."""
+def check_evaluate(reply: EvaluateReply, num_users: int) -> dict[str, dict[str, float]]:
+    """Metric sums of an evaluate reply per split: at most the federation's ``num_users``
+    users, each sum in ``[0, num-users]``."""
     for split, sums in reply.sums.items():
         users = sums["num-users"]
-        if not all(0 <= v <= max(users, 0) + 1e-6 for v in sums.values()):
+        if not 0 <= users <= num_users:
+            raise ReplyError(f"{split} num-users {users} outside [0, {num_users}]")
+        if not all(0 <= v <= users + 1e-6 for v in sums.values()):
             raise ReplyError(f"{split} metric sums out of range")
     return reply.sums
 
@@ -90,13 +127,15 @@ def check_unshare(reply: UnshareReply, num_users: int,
     _check_size("unshare", len(reply.item))
     check_ids("user", reply.user, num_users)
     check_ids("item", reply.item, num_items)
-    requests = {}
-    for request_id in np.unique(reply.request):
-        rows = reply.request == request_id
-        users = np.unique(reply.user[rows])
-        if len(users) != 1:
-            raise ReplyError(f"unshare request {request_id} names several users")
-        requests[int(request_id)] = (int(users[0]), np.unique(reply.item[rows]))
+    order = np.argsort(reply.request, kind="stable")            # one sort: linear after it
+    request, user, item = reply.request[order], reply.user[order], reply.item[order]
+    ids, starts = np.unique(request, return_index=True)
+    ends = np.append(starts[1:], len(request))
+    mixed = np.maximum.reduceat(user, starts) != np.minimum.reduceat(user, starts) \
+        if len(ids) else np.zeros(0, bool)
+    if mixed.any():
+        raise ReplyError(f"unshare request {ids[np.argmax(mixed)]} names several users")
+    requests = {int(r): (int(user[s]), np.unique(item[s:e])) for r, s, e in zip(ids, starts, ends)}
     if len(requests) != reply.num_requests:
         raise ReplyError("unshare num-requests disagrees with the arrays")
     return requests

@@ -75,3 +75,10 @@ def test_train_and_evaluate_replies_carry_no_user_ids(tapped_run):
             index = arrays["update/index"].numpy()
             assert index.dtype == np.int64 and (index < num_items).all()
     assert counted["train"] == 6 and counted["evaluate"] == 6    # 3 nodes x 2 rounds each
+
+
+def test_an_honest_run_has_no_rejected_reply(tapped_run):
+    """The server's bounds (row change, counts, catalog, metric ranges) admit honest nodes."""
+    _, _, result = tapped_run
+    rejected = [reason for r in result["rounds"] for p in r["phases"].values() for reason in p["rejected"]]
+    assert rejected == [] and all(r["phases"]["train"]["ok"] == 3 for r in result["rounds"])

@@ -76,6 +76,9 @@ TRAIN_CASES = {
     "range": (_set_update(index=lambda u: u["index"] + 10_000), "out of range"),
     "duplicates": (_set_update(index=lambda u: np.zeros_like(u["index"])), "duplicate item rows"),
     "metrics": (lambda r: r.content.__setitem__("metrics", MetricRecord({"loss": 1.0})), "metrics keys"),
+    "huge-values": (_set_update(values=lambda u: np.full_like(u["values"], 1e30)), "beyond the bound"),
+    "huge-counts": (_set_update(counts=lambda u: np.full_like(u["counts"], 3e38)),
+                    "counts exceed what num-examples"),
 }
 
 
@@ -87,7 +90,9 @@ def test_bad_train_reply_is_rejected_and_round_goes_on(tmp_path, case):
     train = records[-1].phases["train"]
     assert train.ok == 2 and train.rejected
     assert all(r.startswith("node 1:") and reason in r for r in train.rejected), train.rejected
-    assert np.isfinite(state.item_emb).all()
+    assert np.isfinite(state.item_emb).all() and np.abs(state.item_emb).max() < 10
+    honest, = FedShareStrategy(cfg, state).run(InProcessGrid(cfg.as_dict(), 3), [3])
+    assert honest.phases["train"].ok == 3 and np.isfinite(honest.train_loss)  # nothing poisoned
 
 
 def _set_share(user=None, item=None):

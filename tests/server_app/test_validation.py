@@ -5,21 +5,26 @@ import pytest
 from flwr.app import MetricRecord
 
 from common.protocol import EvaluateReply, ShareReply, TrainReply, to_record
-from server_app.validation import (ReplyError, check_evaluate, check_share, check_train,
-                                   check_unshare, decode)
+from server_app.aggregation import NonFiniteTable, RowUpdate, aggregate_rows
+from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
+                                   check_train, check_unshare, decode)
 from common.protocol import UnshareReply
 
 GOOD_INDEX = np.array([0, 3], np.int64)
 
 
+TABLE = np.zeros((5, 4), np.float32)
+BOUNDS = TrainBounds(epochs=1, lr=0.01, batch_size=4)   # 10 samples: 3 steps -> |change| <= 0.192
+
+
 def _train(index=GOOD_INDEX, values=None, counts=None, **metrics):
-    values = np.ones((len(index), 4), np.float32) if values is None else values
+    values = np.full((len(index), 4), 0.05, np.float32) if values is None else values
     counts = np.ones(len(index), np.float32) if counts is None else counts
     return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False, False)
 
 
 def test_good_train_reply_passes():
-    update = check_train(_train(), num_items=5, dim=4)
+    update = check_train(_train(), TABLE, BOUNDS)
     assert update.index.tolist() == [0, 3] and update.values.shape == (2, 4)
 
 
@@ -30,11 +35,33 @@ def test_good_train_reply_passes():
     ({"index": np.array([0, 9], np.int64)}, "out of range"),
     ({"index": np.array([3, 3], np.int64)}, "duplicate"),
     ({"counts": np.array([1, 0], np.float32)}, "non-positive"),
-    ({"num_examples": -1}, "negative num-examples"),
+    ({"num_examples": -1}, "num-examples -1 outside"),
+    ({"num_examples": 10**12}, "outside"),
+    ({"values": np.full((2, 4), 1e30, np.float32)}, "row change .* beyond the bound"),
+    ({"values": np.full((2, 4), 0.2, np.float32)}, "beyond the bound 0.192"),
+    ({"counts": np.array([3e38, 1], np.float32)}, "counts exceed what num-examples"),
+    ({"counts": np.array([15, 6], np.float32)}, "counts exceed what num-examples"),
 ])
 def test_bad_train_reply_rejected_with_reason(kwargs, reason):
     with pytest.raises(ReplyError, match=reason):
-        check_train(_train(**kwargs), num_items=5, dim=4)
+        check_train(_train(**kwargs), TABLE, BOUNDS)
+
+
+def test_row_change_bound_is_configurable_and_derived_from_local_steps():
+    assert TrainBounds(1, 0.01, 4, max_row_change=7.0).row_change(10, 4) == 7.0
+    derived = TrainBounds(2, 0.01, 4).row_change(num_examples=20, dim=64)   # 2 x 3 steps
+    assert derived == pytest.approx(3.2 * 0.01 * 6 * 8)
+    check_train(_train(counts=np.array([14, 6], np.float32)), TABLE, BOUNDS)  # 2 x 10 is the cap
+
+
+def test_aggregation_sums_in_float64_and_refuses_a_non_finite_table():
+    table = np.zeros((3, 2), np.float32)
+    huge = RowUpdate(np.array([0]), np.array([[1e30, 1e30]], np.float32), np.array([3e38], np.float32))
+    small = RowUpdate(np.array([0]), np.array([[1.0, 1.0]], np.float32), np.array([1.0], np.float32))
+    assert np.isfinite(aggregate_rows(table, [huge, small])).all()   # float32 would overflow here
+    with pytest.raises(NonFiniteTable):     # defence in depth behind validation
+        aggregate_rows(table, [RowUpdate(np.array([1]), np.array([[np.inf, 0]], np.float32),
+                                         np.array([1.0], np.float32))])
 
 
 def test_structural_errors_become_reply_errors():
@@ -53,6 +80,8 @@ def test_share_reply_checks():
         check_share(share([10], [3]), 10, 20)
     with pytest.raises(ReplyError, match="item id out of range"):   # catalog not yet known:
         check_share(share([1], [25]), None, None)                  # the node's claim bounds
+    with pytest.raises(ReplyError, match="implausible catalog"):
+        check_share(ShareReply(np.array([1]), np.array([3]), 10**13, 20, "x"), None, None)
     with pytest.raises(ReplyError, match="duplicate"):
         check_share(share([1, 1], [3, 3]), 10, 20)
 
@@ -68,13 +97,19 @@ def test_unshare_reply_checks():
         check_unshare(reply([7], [1], [3], 2), 10, 20)
     with pytest.raises(ReplyError, match="item id out of range"):
         check_unshare(reply([7], [1], [30], 1), 10, 20)
+    many = 100_000                                           # 10^5 requests, rows shuffled
+    rows = np.random.default_rng(0).permutation(many)
+    parsed = check_unshare(reply(rows, rows % 10, rows % 20, many), 10, 20)
+    assert len(parsed) == many and parsed[12345] == (5, np.array([5]))
 
 
 def test_evaluate_reply_checks():
     good = {"num-users": 2.0, **{f"{m}@{k}": 0.5 for m in ("recall", "ndcg") for k in (10, 20, 50)}}
-    assert check_evaluate(EvaluateReply({"valid": good, "test": good}))["test"]["recall@20"] == 0.5
+    assert check_evaluate(EvaluateReply({"valid": good, "test": good}), 10)["test"]["recall@20"] == 0.5
     with pytest.raises(ReplyError, match="valid metric sums out of range"):
-        check_evaluate(EvaluateReply({"valid": {**good, "recall@20": 5.0}, "test": good}))
+        check_evaluate(EvaluateReply({"valid": {**good, "recall@20": 5.0}, "test": good}), 10)
+    with pytest.raises(ReplyError, match="num-users 2.0 outside \\[0, 1\\]"):
+        check_evaluate(EvaluateReply({"valid": good, "test": good}), 1)
     content = EvaluateReply({"valid": good, "test": good}).to_content()
     content["test"] = MetricRecord({**good, "recall@20": [0.1, 0.2]})
     with pytest.raises(ReplyError, match="must be a number"):
