@@ -166,7 +166,7 @@ drop_replaced() {   # remove the image a rebuild replaced, unless something stil
 docker_build() {   # $1 image, $2 inputs hash, rest: docker build arguments
   local image=$1 inputs=$2 old log=$WORK/build-${1//[\/:]/_}.log; shift 2
   old=$(image_id "$image")
-  nice -n 10 docker build --network host --label "$LABEL=$inputs" -t "$image" "$@" >"$log" 2>&1 \
+  nice -n 10 docker build --force-rm --network host --label "$LABEL=$inputs" -t "$image" "$@" >"$log" 2>&1 \
     || { tail -30 "$log" >&2; die "docker build of $image failed (log: $log)"; }
   drop_replaced "$old" "$image"
 }
