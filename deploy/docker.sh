@@ -28,7 +28,7 @@ install_docker() {
   say "installing docker.io from the Debian packages"
   # `apt-get update` only when the package lists do not know docker.io yet (fresh machines)
   apt-cache show docker.io >/dev/null 2>&1 || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io >"$STATE/apt-docker.log" 2>&1 \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >"$STATE/apt-docker.log" 2>&1 \
     || { tail -20 "$STATE/apt-docker.log" >&2; say "apt-get install docker.io failed (log: $STATE/apt-docker.log)"; return 1; }
 }
 

@@ -101,6 +101,7 @@ build_base() {
   if [ "$(image_label "$BASE_IMAGE")" = "$inputs" ]; then echo reused; return; fi
   command -v debootstrap >/dev/null || {
     [ "$(id -u)" = 0 ] || die "debootstrap is not installed (apt-get install debootstrap)"
+    apt-cache show debootstrap >/dev/null 2>&1 || apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null \
       || die "apt-get install debootstrap failed"; }
   [ "$(id -u)" = 0 ] || die "debootstrap needs root"
@@ -243,7 +244,8 @@ cmd_build() {
 }
 
 cmd_status() {
-  local ok=0 image expected
+  docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (deploy/docker.sh ensure starts one)"
+  local ok=0
   status_line() {   # image expected-inputs
     local label; label=$(image_label "$1")
     if [ -z "$(image_id "$1")" ]; then echo "missing  $1"; ok=1
