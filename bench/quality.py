@@ -12,8 +12,8 @@ Plans:
   Centralized LightGCN and BPR-MF, validated every epoch, complete the table.
 * ``sweep``: FedShare at every ``--ratios`` value (and the ``uniform`` distribution at 0.5) with
   one configuration (``--set``), FedAvg beside it.
-* ``alignment``: FedShare at ρ = 0.5 over ``--grid`` with and without the InfoNCE alignment
-  (``--set`` adds the alignment knobs; ``cl-weight`` comes from ``--cl-weight``).
+* ``alignment``: FedShare at ρ = 0.5 over ``--grid`` without the InfoNCE alignment and with it
+  on each of ``--cl-sides`` (weight ``--cl-weight``; ``--set`` adds e.g. ``cl-temperature``).
 
 Every federated run is the real ServerApp strategy and ClientApp handlers in one process
 (harness/inprocess.py), evaluated by the one evaluator on the validation and test splits every
@@ -121,9 +121,10 @@ def plan_rows(args, base: dict, nodes: int) -> list[tuple[str, dict, list[dict]]
                 for r in args.ratios]
         return rows + [("fedshare-uniform", {**fixed, "sharing-ratio": 0.5,
                                              "sharing-distribution": "uniform"}, [{}])]
-    aligned = {**fixed, "sharing-ratio": 0.5, "cl-weight": args.cl_weight}
-    return [("fedshare", {**fixed, "sharing-ratio": 0.5, "cl-weight": 0.0}, grid),
-            ("fedshare+alignment", aligned, grid)]
+    plain = ("fedshare", {**fixed, "sharing-ratio": 0.5, "cl-weight": 0.0}, grid)
+    return [plain] + [(f"fedshare+alignment-{side}", {**fixed, "sharing-ratio": 0.5,
+                                                     "cl-weight": args.cl_weight, "cl-side": side}, grid)
+                      for side in args.cl_sides]
 
 
 def main() -> None:
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="run-config values fixed for every run")
     parser.add_argument("--cl-weight", type=float, default=0.1)
+    parser.add_argument("--cl-sides", nargs="+", default=["user", "item", "both"],
+                        choices=("user", "item", "both"), help="alignment plan: sides compared")
     parser.add_argument("--central-epochs", type=int, default=200)
     parser.add_argument("--central-lr", type=float, default=0.001)
     parser.add_argument("--central-eval-every", type=int, default=5)
