@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
     test_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     valid_from_train: bool = True
     max_users: int = Field(0, ge=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     # federation
     num_rounds: int = Field(20, ge=1)
     fraction_train: float = Field(0.2, gt=0.0, le=1.0)
@@ -104,6 +104,13 @@ class RunConfig(BaseModel):
         if value in DATASETS or "/" in value or "\\" in value:
             return value
         raise ValueError(f"expected a dataset name ({', '.join(DATASETS)}) or a path containing '/'")
+
+    @field_validator("run_name")
+    @classmethod
+    def _not_a_path(cls, value: str) -> str:
+        if value and set(value) == {"."}:
+            raise ValueError("must name a folder, not '.' or '..'")
+        return value
 
     @field_validator("snapshot_rounds")
     @classmethod

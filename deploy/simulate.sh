@@ -46,6 +46,17 @@ stop_local_superlink   # one left over from an earlier run keeps its old environ
 STATE_DIR=${FEDSHARE_STATE_DIR:-$ROOT/.fedshare-state}
 OUT_DIR=${FEDSHARE_OUT_DIR:-$ROOT/results}
 overrides="data-dir=\"$FEDSHARE_DATA_DIR\" state-dir=\"$STATE_DIR\" out-dir=\"$OUT_DIR\""
+LOG=$(mktemp)
+trap 'rm -f "$LOG"; stop_local_superlink' EXIT
 "$VENV/bin/flwr" run "$ROOT" local --stream \
   --federation-config "num-supernodes=$NODES client-resources-num-cpus=1" \
-  --run-config "$overrides ${1:-}"
+  --run-config "$overrides ${1:-}" 2>&1 | tee "$LOG"
+
+# `flwr run --stream` exits 0 even when the run failed: ask the SuperLink how it ended.
+run_id=$(sed -nE 's/.*Successfully started run ([0-9]+).*/\1/p' "$LOG" | head -1)
+[ -n "$run_id" ] || { echo "simulate.sh: the run did not start (see above)" >&2; exit 1; }
+status=$("$VENV/bin/flwr" ls local --run-id "$run_id" --format json 2>/dev/null \
+         | sed -nE 's/.*"status": "([^"]+)".*/\1/p' | head -1)
+[ "$status" = finished:completed ] || {
+  echo "simulate.sh: run $run_id did not complete (${status:-unknown}); the ServerApp's error is above" >&2
+  exit 1; }

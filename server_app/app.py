@@ -86,8 +86,17 @@ def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = 
         atomic_write_json(out, _result(cfg, state, time.perf_counter() - started))
 
     strategy.run(grid, range(state.round + 1, cfg.num_rounds + 1), report)
+    if state.catalog is None:  # no node could load its data: fail the run, say why
+        raise RuntimeError("every round was skipped: no node reported its data catalog; "
+                           f"node errors: {_node_errors(state)}")
     log.info("FedShare finished: results in %s", out.resolve())
     return _result(cfg, state, time.perf_counter() - started)
+
+
+def _node_errors(state: ServerState, most: int = 5) -> list[str]:
+    reasons = [reason for record in state.history for stats in record.phases.values()
+               for reason in stats.rejected]
+    return sorted(set(reasons))[:most]
 
 
 @lru_cache(maxsize=8)

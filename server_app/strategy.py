@@ -92,7 +92,8 @@ class FedShareStrategy:
         for reply in replies:
             node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                stats.rejected.append(f"node {node}: error {reply.error.code} {reply.error.reason}")
+                stats.rejected.append(f"node {node}: error {reply.error.code}: "
+                                      f"{_excerpt(reply.error.reason)}")
                 stats.lost.append(node)
                 continue
             stats.bytes_up += content_bytes(reply.content)
@@ -310,6 +311,13 @@ def selection(history: list[RoundRecord], patience: int = 0) -> Selection:
         if record.valid_metrics.get("num-users", 0) > 0:
             chosen = chosen.observe(record.round, record.valid_metrics, record.metrics)
     return chosen
+
+
+def _excerpt(reason: str, most: int = 300) -> str:
+    """The last non-empty line of a node's error (a traceback ends with the message), short."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def _pull_all(grid, message_ids: list[str], timeout: float, poll: float) -> list[Message]:

@@ -42,3 +42,15 @@ def test_flwr_run_two_rounds_beats_random(tmp_path):
     # the local simulation SuperLink started for this run is gone
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "flwr")], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
+
+
+def test_flwr_run_whose_nodes_cannot_read_data_fails_with_the_reason(tmp_path):
+    env = {**os.environ, "NODES": "2", "FLWR_HOME": str(tmp_path / "flwr"),
+           "FEDSHARE_STATE_DIR": str(tmp_path / "state"), "FEDSHARE_OUT_DIR": str(tmp_path / "out"),
+           "FEDSHARE_DATA_DIR": str(tmp_path / "no-data-here")}
+    proc = subprocess.run([str(ROOT / "deploy" / "simulate.sh"), "num-rounds=1 max-users=20"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert "every round was skipped" in output and "no-data-here" in output
+    assert "did not complete (finished:failed)" in output

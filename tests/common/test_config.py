@@ -75,3 +75,13 @@ def test_load_data_passes_every_data_key(tmp_path):
     assert len(data.valid) == 4 and len(data.test) == 4           # valid-from-train: carved
     plain = load_config({"dataset": str(folder), "valid-from-train": False}).load_data()
     assert len(plain.valid) == 0 and len(plain.train) == 20
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"seed": 10**13}, "seed: Input should be less than 4294967296"),
+    ({"run-name": ".."}, "run-name: Value error, must name a folder"),
+    ({"run-name": "."}, "run-name: Value error, must name a folder"),
+])
+def test_configs_that_would_break_runs_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)

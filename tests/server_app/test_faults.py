@@ -189,3 +189,9 @@ def test_sampling_keeps_64_bit_node_ids_exact(tmp_path):
     picked = strategy.sample(ids)
     assert len(picked) == 2 and set(picked) <= set(ids)
     assert all(type(n) is int for n in picked)
+
+
+def test_a_run_whose_nodes_cannot_read_their_data_fails_with_the_reason(tmp_path):
+    cfg = _cfg(tmp_path, **{"data-dir": str(tmp_path / "no-such-folder"), "num-rounds": 2})
+    with pytest.raises(RuntimeError, match="every round was skipped.*no-such-folder"):
+        run_fedshare(InProcessGrid(cfg.as_dict(), 2), cfg)
