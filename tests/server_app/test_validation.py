@@ -15,7 +15,7 @@ GOOD_INDEX = np.array([0, 3], np.int64)
 def _train(index=GOOD_INDEX, values=None, counts=None, **metrics):
     values = np.ones((len(index), 4), np.float32) if values is None else values
     counts = np.ones(len(index), np.float32) if counts is None else counts
-    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False, False)
+    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False)
 
 
 def test_good_train_reply_passes():
