@@ -131,6 +131,7 @@ class Ledger:
     def _quota(self, user: int, ratio: float) -> int:
         if not 0.0 <= ratio <= 1.0:
             raise LedgerError(f"ratio must be in [0, 1], got {ratio}")
+        self._check_hosted(user)
         if user not in self.order:
             raise LedgerError(f"user {user}: the ledger has no interaction order (made by an "
                               "older version); run one round first")

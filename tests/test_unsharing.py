@@ -130,13 +130,14 @@ def test_audit_finds_the_edge_before_and_nothing_after(tmp_path):
     ledger = read_ledger(node_dir)
     user = max(ledger.counts())
     pairs = np.stack([np.full(len(ledger.shared[user]), user), ledger.shared[user]], 1)
-    found, scanned = audit_state_dir(session.state.state_dir, pairs)
-    assert found and scanned >= 1 and audit_live(session.state, pairs)
+    report = audit_state_dir(session.state.state_dir, pairs=pairs)
+    assert report.kinds() == {"pair"} and report.scanned >= 1
+    assert audit_live(session.state, pairs).kinds() == {"pair"}
     assert cli.main(["unshare", "--state-dir", str(node_dir), "--user", str(user), "--all"]) == 0
     session.state.registry.flag_unshare([3])
     session.run_rounds(1)
-    found, _ = audit_state_dir(session.state.state_dir, pairs)
-    assert found == [] and audit_live(session.state, pairs) == []
+    report = audit_state_dir(session.state.state_dir, pairs=pairs)
+    assert report.clean and audit_live(session.state, pairs).clean, report.findings
     # the graph after unsharing equals a graph built from scratch without those edges
     remaining = session.state.edges.pairs()
     assert not (remaining[:, 0] == user).any()
