@@ -38,3 +38,28 @@ def test_sharing_fingerprint_depends_on_sharing_setup_only():
     assert base.sharing_fingerprint() == load_config({"num-rounds": 3}).sharing_fingerprint()
     assert base.sharing_fingerprint() != load_config({"sharing-ratio": 0.3}).sharing_fingerprint()
     assert not load_config({"sharing-ratio": 0.0}).sharing_enabled
+
+
+@pytest.mark.parametrize("rounds", ["", "5,10"])
+def test_a_config_that_cannot_unlearn_is_refused_at_start(rounds):
+    with pytest.raises(ConfigError, match="snapshot-rounds must include 0"):
+        load_config({"snapshot-rounds": rounds})
+    assert load_config({"snapshot-rounds": rounds, "unlearning-method": "naive"})
+    assert load_config({"snapshot-rounds": rounds, "unlearn-rounds": 0})
+
+
+def test_ratio_schedule_and_data_fingerprint():
+    assert load_config({"ratio-schedule": "10:0.75, 5:0.25"}).ratio_steps == ((5, 0.25), (10, 0.75))
+    with pytest.raises(ConfigError, match="ratio-schedule"):
+        load_config({"ratio-schedule": "5:1.5"})
+    base = load_config({})
+    assert base.data_fingerprint() == load_config({"sharing-ratio": 0.3}).data_fingerprint()
+    assert base.data_fingerprint() != load_config({"max-users": 10}).data_fingerprint()
+
+
+def test_sharing_file_contents_enter_the_sharing_fingerprint(tmp_path):
+    path = tmp_path / "share.json"
+    path.write_text('{"1": [2]}')
+    before = load_config({"sharing-file": str(path)}).sharing_fingerprint()
+    path.write_text('{"1": [2, 3]}')
+    assert load_config({"sharing-file": str(path)}).sharing_fingerprint() != before
