@@ -41,9 +41,12 @@ class NodeRegistry:
     def connect(self, nodes: list[int]) -> None:
         self.online = set(nodes)
 
-    def needs_poll(self, node: int, rnd: int, every: int) -> bool:
-        """Poll a node not heard from in the last ``every`` rounds (or flagged)."""
-        return node in self.poll_now or rnd - self.last_contact.get(node, 0) >= every
+    def poll_targets(self, nodes: list[int], sampled: list[int], rnd: int, every: int) -> list[int]:
+        """Nodes to poll for unshare requests: flagged ones, and those not sampled and not
+        heard from for ``every`` rounds (sampled nodes' requests ride on their replies)."""
+        sampled = set(sampled)
+        return [n for n in nodes if n in self.poll_now or
+                (n not in sampled and rnd - self.last_contact.get(n, 0) >= every)]
 
     def polled(self, nodes) -> None:
         self.poll_now.difference_update(nodes)

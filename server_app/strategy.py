@@ -119,29 +119,15 @@ class FedShareStrategy:
             try:
                 rider = decode_withdrawals(reply.content)
                 if rider is not None and catalog is not None:
-                    self._judge(node, check_unshare(rider, catalog.num_users,
-                                                    catalog.num_items), stats)
+                    requests = check_unshare(rider, catalog.num_users, catalog.num_items)
+                    stats.rejected += self.withdrawal.receive(node, requests)
                 usable.append((node, reply))
             except ReplyError as exc:
                 stats.rejected.append(f"node {node}: unshare requests rejected: {exc}")
         stats.withdrawn += self.withdrawal.carry_out()
         return usable
 
-    def _judge(self, node: int, requests, stats: PhaseStats) -> None:
-        for answer in self.withdrawal.judge(node, requests):
-            if answer.refused or answer.retry:
-                stats.rejected.append(f"node {node}: unshare request {answer.request_id} "
-                                      f"{'deferred' if answer.retry else 'refused'}: "
-                                      f"{answer.reason}")
-
     # ---------------------------------------------------------------- unshare phase (polls)
-    def poll_targets(self, all_nodes: list[int], sampled: list[int], rnd: int) -> list[int]:
-        """Nodes to poll: those not sampled and not heard from for ``unshare-poll-every``
-        rounds, and flagged ones. (Sampled nodes' requests ride on their replies.)"""
-        registry, every, sampled = self.state.registry, self.cfg.unshare_poll_every, set(sampled)
-        return [n for n in all_nodes if n in registry.poll_now
-                or (n not in sampled and registry.needs_poll(n, rnd, every))]
-
     def configure_unshare(self, nodes: list[int], rnd: int) -> list[Message]:
         if self.state.catalog is None:
             return []  # nothing can have been shared yet
@@ -269,7 +255,8 @@ class FedShareStrategy:
         nodes = self.sample(all_nodes)
         record, edges_before = RoundRecord(rnd), state.edges
         self._phase(grid, record, "unshare",
-                    self.configure_unshare(self.poll_targets(all_nodes, nodes, rnd), rnd),
+                    self.configure_unshare(state.registry.poll_targets(
+                        all_nodes, nodes, rnd, self.cfg.unshare_poll_every), rnd),
                     self.aggregate_unshare)
         self._phase(grid, record, "share", self.configure_share(nodes, rnd),
                     lambda replies, stats: self.aggregate_share(replies, stats, rnd))

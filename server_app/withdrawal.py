@@ -143,6 +143,12 @@ class Withdrawal:
             answers.append(answer)
         return answers
 
+    def receive(self, node: int, requests: Requests) -> list[str]:
+        """:meth:`judge`, returning what to report: refused and deferred requests."""
+        return [f"node {node}: unshare request {answer.request_id} "
+                f"{'deferred' if answer.retry else 'refused'}: {answer.reason}"
+                for answer in self.judge(node, requests) if answer.refused or answer.retry]
+
     def _answer(self, node: int, request_id: int, user: int, items: np.ndarray) -> UnshareAnswer:
         registry, edges = self.state.registry, self.state.edges
         if not registry.is_owned(user):

@@ -134,3 +134,23 @@ def test_a_node_back_with_a_new_id_can_withdraw_while_its_old_id_is_listed(tmp_p
     session.run_rounds(2)
     assert [r.status for r in read_ledger(node_dir).requests] == [DONE]
     assert session.state.edges.count_by_user(np.array([user]))[0] == 0
+
+
+def test_editing_the_sharing_file_is_a_policy_change(tmp_path):
+    sharing_file = tmp_path / "sharing.json"
+    cfg = _cfg(tmp_path, **{"sharing-file": str(sharing_file)})
+    sharing_file.write_text("{}")
+    session = new_session(cfg, 3, tmp_path / "fed")
+    session.run_rounds(1)
+    node_dir = session.node_dirs()[0]
+    user = min(read_ledger(node_dir).counts())
+    items = read_ledger(node_dir).order[user][:3]
+    sharing_file.write_text(f'{{"{user}": {items.tolist()}}}')     # same path, new contents
+    session = restart(session, cfg)
+    session.run_rounds(2)
+    assert sorted(p[1] for p in _server_pairs(session) if p[0] == user) == sorted(items.tolist())
+    sharing_file.write_text(f'{{"{user}": {items[:1].tolist()}}}')
+    session = restart(session, cfg)
+    session.run_rounds(2)
+    assert [p[1] for p in _server_pairs(session) if p[0] == user] == [int(items[0])]
+    assert _server_pairs(session) == _ledger_pairs(session)
