@@ -79,10 +79,10 @@ def node_ledger(cfg: RunConfig, node: NodeData, state_dir: Path) -> Ledger:
         return new_ledger(policy, policy_targets(cfg, node), policy_order(node.train, cfg.seed))
 
     def change(ledger: Ledger) -> Ledger:
-        if ledger.policy == policy:
-            return ledger
         if not ledger.order:  # made by an older version: learn the order now
             ledger = replace(ledger, order=create().order)
+        if ledger.policy == policy:
+            return ledger
         targets = new_ledger(policy, policy_targets(cfg, node), np.zeros((0, 2), np.int64))
         return ledger.adopt_policy(policy, targets.shared)
 
