@@ -1,7 +1,8 @@
 """FedShare ClientApp: translates Flower messages into calls on the node's local code.
 
 One handler per protocol phase (payloads in :mod:`common.protocol`): ``query.unshare``,
-``query.share``, ``train``, ``evaluate``. The sharing ledger and the private user
+``query.share``, ``train``, ``evaluate``. Every reply carries the node's pending unshare
+requests (the ledger is read, and this message's answers applied, before replying). The sharing ledger and the private user
 embeddings are on the node's disk (state directory); ``context.state`` only holds the
 server's last acknowledgement of shared counts.
 """
@@ -16,7 +17,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client_app.ledger import DONE, REFUSED, Ledger, update_ledger
+from client_app.ledger import DONE, PENDING, REFUSED, Ledger, ledger_exists, update_ledger
 from client_app.local_training import GlobalView, LocalHyper, evaluate_local, train_local
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
 from common.atomic import atomic_write_npz
@@ -30,15 +31,20 @@ app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
 
 
-def _setup(context: Context) -> tuple[RunConfig, NodeData, Path]:
+def _config(context: Context) -> tuple[RunConfig, int, int, Path]:
+    """Run config, partition and the node's state directory (no data loaded)."""
     cfg = load_config(context.run_config)
-    torch.set_num_threads(cfg.torch_threads)
     pid = int(context.node_config["partition-id"])
     num = int(context.node_config["num-partitions"])
-    node = load_node(cfg, pid, num)
     state_dir = Path(str(context.node_config.get("state-dir", "")) or
                      default_state_dir(cfg, pid, num))
-    return cfg, node, state_dir
+    return cfg, pid, num, state_dir
+
+
+def _setup(context: Context) -> tuple[RunConfig, NodeData, Path]:
+    cfg, pid, num, state_dir = _config(context)
+    torch.set_num_threads(cfg.torch_threads)
+    return cfg, load_node(cfg, pid, num), state_dir
 
 
 def _acked_counts(context: Context, header: Header) -> dict[int, int]:
@@ -54,7 +60,7 @@ def _acked_counts(context: Context, header: Header) -> dict[int, int]:
 def _unsynced_users(ledger: Ledger, acked: dict[int, int]) -> list[int]:
     """Users whose shared set the server does not (yet) hold in full.
 
-    Users with a pending unshare request are left to ``query.unshare``."""
+    Users with a pending unshare request are left until it is answered."""
     counts = ledger.counts()
     waiting = {r.user for r in ledger.pending()}
     return sorted(u for u in counts.keys() | acked.keys()
@@ -62,29 +68,54 @@ def _unsynced_users(ledger: Ledger, acked: dict[int, int]) -> list[int]:
 
 
 def _apply_unshare_answers(ledger: Ledger, header: Header) -> Ledger:
-    """Resolve pending requests the server has acknowledged (done) or refused."""
+    """Resolve pending requests the server has acknowledged (done) or refused; a temporary
+    refusal (retry) keeps the request pending with the server's reason."""
     for answer in header.answers:
-        ledger = ledger.resolve(answer.request_id, REFUSED if answer.refused else DONE,
-                                answer.reason)
+        status = PENDING if answer.retry else REFUSED if answer.refused else DONE
+        ledger = ledger.resolve(answer.request_id, status, answer.reason)
     return ledger
 
-def _apply_schedule(ledger: Ledger, cfg: RunConfig, server_round: int) -> Ledger:
-    """Create the run config's scheduled unshare requests once, from ``unshare-round`` on."""
+
+def _apply_schedules(ledger: Ledger, cfg: RunConfig, server_round: int) -> Ledger:
+    """The run config's experiment schedules, each applied once: scheduled withdrawals from
+    ``unshare-round`` on, and every hosted user's ``set-ratio`` of ``ratio-schedule``."""
     key = f"round-{cfg.unshare_round}"
-    if not cfg.unshare_round or server_round < cfg.unshare_round or key in ledger.schedules_applied:
-        return ledger
-    pairs = scheduled_withdrawals(ledger.shared_pairs(), cfg.unshare_user_fraction,
-                                  cfg.unshare_item_fraction, cfg.seed)
-    for user in np.unique(pairs[:, 0]).tolist():
-        ledger, _ = ledger.unshare(user, pairs[pairs[:, 0] == user, 1])
-    return replace(ledger, schedules_applied=ledger.schedules_applied + (key,))
+    if cfg.unshare_round and server_round >= cfg.unshare_round and key not in ledger.schedules_applied:
+        pairs = scheduled_withdrawals(ledger.shared_pairs(), cfg.unshare_user_fraction,
+                                      cfg.unshare_item_fraction, cfg.seed)
+        for user in np.unique(pairs[:, 0]).tolist():
+            ledger, _ = ledger.unshare(user, pairs[pairs[:, 0] == user, 1])
+        ledger = replace(ledger, schedules_applied=ledger.schedules_applied + (key,))
+    for step_round, ratio in cfg.ratio_steps:
+        key = f"ratio-{step_round}:{ratio:g}"
+        if server_round >= step_round and key not in ledger.schedules_applied:
+            for user in sorted(ledger.order):
+                ledger, _ = ledger.set_ratio(user, ratio)
+            ledger = replace(ledger, schedules_applied=ledger.schedules_applied + (key,))
+    return ledger
+
+
+def _answered(state_dir: Path, cfg: RunConfig, header: Header) -> Ledger:
+    """The existing ledger after this message's answers and due schedules (durable)."""
+    return update_ledger(state_dir, lambda ledger: _apply_schedules(
+        _apply_unshare_answers(ledger, header), cfg, header.server_round))
 
 
 def _ledger(cfg: RunConfig, node: NodeData, state_dir: Path, header: Header) -> Ledger:
-    """The node's ledger after this message's answers and due schedules."""
-    node_ledger(cfg, node, state_dir)  # created from the sharing policy on first use
-    return update_ledger(state_dir, lambda ledger: _apply_schedule(
-        _apply_unshare_answers(ledger, header), cfg, header.server_round))
+    """The node's ledger (created or brought to the run's sharing policy first)."""
+    node_ledger(cfg, node, state_dir)
+    return _answered(state_dir, cfg, header)
+
+
+def _withdrawals(ledger: Ledger) -> UnshareReply | None:
+    """Every pending unshare request, one row per withdrawn pair (None when there are none)."""
+    pending = ledger.pending()
+    if not pending:
+        return None
+    return UnshareReply(
+        request=np.concatenate([np.full(len(r.items), r.request_id) for r in pending]),
+        user=np.concatenate([np.full(len(r.items), r.user) for r in pending]),
+        item=np.concatenate([r.items for r in pending]), num_requests=len(pending))
 
 
 def _user_table_path(cfg: RunConfig, context: Context, state_dir: Path) -> Path:
@@ -127,13 +158,12 @@ def _global_view(payload: ModelPayload, node: NodeData) -> GlobalView:
 
 @app.query("unshare")
 def unshare(msg: Message, context: Context) -> Message:
-    """Send every pending unshare request (one row per withdrawn pair)."""
-    cfg, node, state_dir = _setup(context)
-    pending = _ledger(cfg, node, state_dir, Header.from_content(msg.content)).pending()
-    reply = UnshareReply(
-        request=np.concatenate([np.full(len(r.items), r.request_id) for r in pending] or [[]]),
-        user=np.concatenate([np.full(len(r.items), r.user) for r in pending] or [[]]),
-        item=np.concatenate([r.items for r in pending] or [[]]), num_requests=len(pending))
+    """The cheap poll: pending unshare requests only (the node's data is not loaded)."""
+    cfg, _, _, state_dir = _config(context)
+    header = Header.from_content(msg.content)
+    ledger = _answered(state_dir, cfg, header) if ledger_exists(state_dir) else None
+    empty = np.zeros(0, np.int64)
+    reply = (ledger and _withdrawals(ledger)) or UnshareReply(empty, empty, empty, 0)
     return Message(reply.to_content(), reply_to=msg)
 
 
@@ -146,7 +176,8 @@ def share(msg: Message, context: Context) -> Message:
     users = _unsynced_users(ledger, _acked_counts(context, header))
     pairs = ledger.shared_pairs()
     pairs = pairs[np.isin(pairs[:, 0], users)]
-    reply = ShareReply(pairs[:, 0], pairs[:, 1], node.num_users, node.num_items, node.fingerprint)
+    reply = ShareReply(pairs[:, 0], pairs[:, 1], node.num_users, node.num_items, node.fingerprint,
+                       _withdrawals(ledger))
     return Message(reply.to_content(), reply_to=msg)
 
 
@@ -165,7 +196,7 @@ def train(msg: Message, context: Context) -> Message:
                          seed=cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id)
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     reply = TrainReply(update.index, update.values, update.counts, update.loss,
-                       update.num_examples, pending, bool(ledger.pending()))
+                       update.num_examples, pending, _withdrawals(ledger))
     return Message(reply.to_content(), reply_to=msg)
 
 
@@ -176,10 +207,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     payload = ModelPayload.from_content(msg.content)
     header = payload.header
     _acked_counts(context, header)
-    _ledger(cfg, node, state_dir, header)
+    ledger = _ledger(cfg, node, state_dir, header)
     user_emb, view = _user_table(context, cfg, node, header, state_dir), _global_view(payload, node)
     sums = {}
     for split in SPLITS:
         known, truth = split_pairs(split, node.train_local, node.valid_local, node.test_local)
         sums[split] = evaluate_local(user_emb, view, known, truth, cfg.fusion)
-    return Message(EvaluateReply(sums).to_content(), reply_to=msg)
+    return Message(EvaluateReply(sums, _withdrawals(ledger)).to_content(), reply_to=msg)

@@ -1,10 +1,17 @@
-"""Command line for a node's users: withdraw shared interactions, inspect the ledger.
+"""Command line for a node's users: change what they share, in both directions, at any time.
 
-    python -m client_app.cli unshare --state-dir D --user U (--items I [I ...] | --all)
-    python -m client_app.cli status  --state-dir D [--user U]
+    python -m client_app.cli share     --state-dir D --user U (--items I [I ...] | --ratio R)
+    python -m client_app.cli unshare   --state-dir D --user U (--items I [I ...] | --all | --ratio R)
+    python -m client_app.cli set-ratio --state-dir D --user U --ratio R
+    python -m client_app.cli status    --state-dir D [--user U]
 
-The request is written durably to the node's ledger at once (the items stop being shared
-immediately) and is sent to the server in the next round the node takes part in.
+Every change is written durably to the node's ledger at once (the ledger is the source of
+truth) and is idempotent: repeating a command changes nothing. ``share --ratio`` only adds,
+``unshare --ratio`` only withdraws, ``set-ratio`` does whichever is needed; ratios follow the
+sharing policy's order and never re-share an item the user withdrew (``share --items``
+does, explicitly). New shares are uploaded in the node's next round; a withdrawal reaches the
+server with the node's next reply or poll and stays pending until the server confirms the
+erasure.
 """
 
 from __future__ import annotations
@@ -13,29 +20,49 @@ import argparse
 import sys
 from pathlib import Path
 
-from client_app.ledger import LedgerError, read_ledger, update_ledger
+from client_app.ledger import Ledger, LedgerError, UnshareRequest, read_ledger, update_ledger
 
 
-def _unshare(args: argparse.Namespace) -> int:
-    created = []
+def _change(args: argparse.Namespace, ledger: Ledger) -> tuple[Ledger, UnshareRequest | None]:
+    """The ledger after the command (and the withdrawal it created, if any)."""
+    user, ratio = args.user, getattr(args, "ratio", None)
+    if args.command == "share":
+        return (ledger.share(user, args.items) if args.items is not None
+                else ledger.raise_ratio(user, ratio)), None
+    if args.command == "set-ratio":
+        return ledger.set_ratio(user, ratio)
+    if ratio is not None:
+        return ledger.lower_ratio(user, ratio)
+    return ledger.unshare(user, None if args.all else args.items)
 
-    def change(ledger):
-        new, request = ledger.unshare(args.user, None if args.all else args.items)
+
+def _apply(args: argparse.Namespace) -> int:
+    created: list[UnshareRequest | None] = []
+    before: list[int] = []
+
+    def change(ledger: Ledger) -> Ledger:
+        before.append(len(ledger.shared.get(args.user, ())))
+        new, request = _change(args, ledger)
         created.append(request)
-        return new
+        return new if new is ledger else new.chosen_by(args.user)
 
-    update_ledger(Path(args.state_dir), change)
-    request = created[0]
-    print(f"unshare request {request.request_id} recorded: user {request.user}, "
-          f"{len(request.items)} item(s); pending until the server confirms the deletion")
+    ledger = update_ledger(Path(args.state_dir), change)
+    now = len(ledger.shared.get(args.user, ()))
+    print(f"user {args.user}: shares {now} item(s) (was {before[0]})"
+          + ("" if now != before[0] or created[0] else "; nothing to change"))
+    if created[0] is not None:
+        print(f"unshare request {created[0].request_id} recorded: {len(created[0].items)} "
+              "item(s); pending until the server confirms the deletion")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     ledger = read_ledger(Path(args.state_dir))
-    for user, items in sorted(ledger.shared.items()):
+    for user in sorted(set(ledger.shared) | set(ledger.withdrawn)):
         if args.user is None or user == args.user:
-            print(f"user {user}: shares {len(items)} item(s)")
+            print(f"user {user}: shares {len(ledger.shared.get(user, ()))} of "
+                  f"{len(ledger.order.get(user, ()))} item(s), withdrew "
+                  f"{len(ledger.withdrawn.get(user, ()))}")
     for request in ledger.requests:
         if args.user is None or request.user == args.user:
             reason = f" ({request.reason})" if request.reason else ""
@@ -44,21 +71,33 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client_app.cli", description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client_app.cli",
+                                     description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    unshare = sub.add_parser("unshare", help="withdraw shared interactions of a user")
-    unshare.add_argument("--state-dir", required=True)
-    unshare.add_argument("--user", type=int, required=True)
-    which = unshare.add_mutually_exclusive_group(required=True)
-    which.add_argument("--items", type=int, nargs="+")
-    which.add_argument("--all", action="store_true")
+    helps = {"share": "share more (items, or raise the ratio)",
+             "unshare": "withdraw shared interactions (items, all, or lower the ratio)",
+             "set-ratio": "share exactly this fraction of the user's interactions"}
+    for name, text in helps.items():
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--state-dir", required=True)
+        command.add_argument("--user", type=int, required=True)
+        which = command.add_mutually_exclusive_group(required=True)
+        if name != "set-ratio":
+            which.add_argument("--items", type=int, nargs="+")
+        if name == "unshare":
+            which.add_argument("--all", action="store_true")
+        which.add_argument("--ratio", type=float)
     status = sub.add_parser("status", help="show shared counts and requests")
     status.add_argument("--state-dir", required=True)
     status.add_argument("--user", type=int)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        return _unshare(args) if args.command == "unshare" else _status(args)
+        return _status(args) if args.command == "status" else _apply(args)
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

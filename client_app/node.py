@@ -6,17 +6,17 @@ process (``RunConfig.load_data`` is cached); only the hosted users' rows are kep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from client_app.ledger import Ledger, load_or_create_ledger
+from client_app.ledger import Ledger, new_ledger, update_ledger
 from common.config import RunConfig
 from common.datasets import partition_users
-from common.sharing import load_sharing_file, shared_pairs
+from common.sharing import load_sharing_file, policy_order, shared_pairs
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class NodeData:
 
 
 def default_state_dir(cfg: RunConfig, partition_id: int, num_partitions: int) -> Path:
-    """``<state-dir>/<sharing fingerprint>/node-<p>-of-<n>``: one ledger per sharing setup."""
-    return Path(cfg.state_dir) / f"sharing-{cfg.sharing_fingerprint()}" / \
+    """``<state-dir>/nodes-<data fingerprint>/node-<p>-of-<n>``: one ledger per data setup,
+    whatever the sharing policy (a policy change is applied to the ledger, see ledger.py)."""
+    return Path(cfg.state_dir) / f"nodes-{cfg.data_fingerprint()}" / \
         f"node-{partition_id}-of-{num_partitions}"
 
 
@@ -59,10 +60,28 @@ def load_node(cfg: RunConfig, partition_id: int, num_partitions: int) -> NodeDat
                     num_items=ds.num_items, fingerprint=ds.fingerprint)
 
 
+def policy_targets(cfg: RunConfig, node: NodeData) -> np.ndarray:
+    """The ``(m, 2)`` pairs the run config's sharing policy shares for the node's users."""
+    explicit = load_sharing_file(cfg.sharing_file) if cfg.sharing_file else None
+    return shared_pairs(node.train, cfg.sharing_ratio, cfg.sharing_distribution, cfg.seed,
+                        explicit)
+
+
 def node_ledger(cfg: RunConfig, node: NodeData, state_dir: Path) -> Ledger:
-    """The node's durable ledger, created from the sharing policy on first use."""
-    def initial() -> np.ndarray:
-        explicit = load_sharing_file(cfg.sharing_file) if cfg.sharing_file else None
-        return shared_pairs(node.train, cfg.sharing_ratio, cfg.sharing_distribution, cfg.seed,
-                            explicit)
-    return load_or_create_ledger(state_dir, cfg.sharing_fingerprint(), initial)
+    """The node's durable ledger: created from the sharing policy on first use; a changed
+    policy (ratio, distribution, sharing file or its contents) is applied to it, never
+    re-sharing what a user withdrew and leaving users who chose themselves alone."""
+    policy = cfg.sharing_fingerprint()
+
+    def create() -> Ledger:
+        return new_ledger(policy, policy_targets(cfg, node), policy_order(node.train, cfg.seed))
+
+    def change(ledger: Ledger) -> Ledger:
+        if not ledger.order:  # made by an older version: learn the order now
+            ledger = replace(ledger, order=create().order)
+        if ledger.policy == policy:
+            return ledger
+        targets = new_ledger(policy, policy_targets(cfg, node), np.zeros((0, 2), np.int64))
+        return ledger.adopt_policy(policy, targets.shared)
+
+    return update_ledger(state_dir, change, create)

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
+TEMP_SUFFIX = ".tmp"
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -27,6 +29,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def temp_files(directory: str | Path) -> list[Path]:
+    """Temporary files of :func:`atomic_write_bytes` under ``directory`` (recursively):
+    left over only by a crash during a write; they may hold what the write was replacing."""
+    return sorted(p for p in Path(directory).rglob(f".*{TEMP_SUFFIX}") if p.is_file())
+
+
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Delete leftover temporary files under ``directory`` (call only while nothing writes
+    there, e.g. at start); returns what was removed."""
+    removed = temp_files(directory)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from common.datasets import DATASETS, Dataset, load_dataset
 from common.formats import FORMATS
@@ -21,9 +22,6 @@ from common.sources import SPLIT_MODES
 
 
 # Data keys added after runs were recorded (issue 15); see RunConfig.sharing_fingerprint.
-_LATER_DATA_KEYS = ("data-format", "k-core", "split", "valid-from-train")
-
-
 class ConfigError(ValueError):
     """A run-config value is missing, unknown or out of range (the message names the key)."""
 
@@ -93,6 +91,8 @@ class RunConfig(BaseModel):
     unshare_round: int = Field(0, ge=0)
     unshare_user_fraction: float = Field(0.1, ge=0.0, le=1.0)
     unshare_item_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    ratio_schedule: str = ""
+    unshare_poll_every: int = Field(5, ge=1)
     # where things go
     run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
@@ -123,6 +123,33 @@ class RunConfig(BaseModel):
             raise ValueError("round numbers must be >= 0")
         return ",".join(str(r) for r in sorted(set(rounds)))
 
+    @field_validator("ratio_schedule")
+    @classmethod
+    def _ratio_schedule(cls, value: str) -> str:
+        try:
+            steps = _parse_schedule(value)
+        except ValueError as exc:
+            raise ValueError(f"expected 'round:ratio,...' (e.g. '5:0.25,10:0.75'), got "
+                             f"{value!r}") from exc
+        if any(r < 1 or not 0.0 <= q <= 1.0 for r, q in steps):
+            raise ValueError("rounds must be >= 1 and ratios in [0, 1]")
+        return ",".join(f"{r}:{q:g}" for r, q in steps)
+
+    @model_validator(mode="after")
+    def _can_unlearn(self) -> "RunConfig":
+        """Contrastive unlearning needs a snapshot older than any shared edge: round 0."""
+        if self.unlearning_method == "contrastive" and self.unlearn_rounds > 0 \
+                and 0 not in self.snapshot_round_list:
+            raise ValueError("snapshot-rounds must include 0 for unlearning-method "
+                             "'contrastive' (the only snapshot older than every shared edge; "
+                             f"got {self.snapshot_rounds!r}); or use 'naive' or 'retrain'")
+        return self
+
+    @property
+    def ratio_steps(self) -> tuple[tuple[int, float], ...]:
+        """``ratio-schedule`` as ((round, ratio), ...), sorted by round."""
+        return _parse_schedule(self.ratio_schedule)
+
     @property
     def snapshot_round_list(self) -> tuple[int, ...]:
         return tuple(int(tok) for tok in self.snapshot_rounds.split(",") if tok)
@@ -136,17 +163,21 @@ class RunConfig(BaseModel):
         """Kebab-case dict, as in ``pyproject.toml`` (for manifests)."""
         return self.model_dump(by_alias=True)
 
+    def data_fingerprint(self) -> str:
+        """Short hash of what decides a node's users and interactions (not what they share):
+        a node keeps one sharing ledger per data setup."""
+        return _digest({k: self.as_dict()[k] for k in DATA_KEYS})
+
     def sharing_fingerprint(self) -> str:
-        """Short hash of everything that decides which interactions are shared."""
-        keys = ("dataset", "rating-threshold", "valid-ratio", "test-ratio", "max-users", "seed",
-                "sharing-ratio", "sharing-distribution", "sharing-file")
-        values = self.as_dict()
-        chosen = {k: values[k] for k in keys}
-        # Later data keys count only when set, so earlier runs keep their fingerprints.
-        defaults = RunConfig().as_dict()
-        chosen.update({k: values[k] for k in _LATER_DATA_KEYS if values[k] != defaults[k]})
-        payload = json.dumps(chosen, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        """Short hash of the data setup and the sharing policy, including the sharing
+        file's *contents* (editing the file is a policy change)."""
+        keys = {k: self.as_dict()[k] for k in (*DATA_KEYS, "sharing-ratio",
+                                                "sharing-distribution", "sharing-file")}
+        if self.sharing_file:
+            path = Path(self.sharing_file)
+            keys["sharing-file-sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() \
+                if path.exists() else "missing"
+        return _digest(keys)
 
     def data_root(self) -> Path | None:
         return Path(self.data_dir) if self.data_dir else None
@@ -159,11 +190,28 @@ class RunConfig(BaseModel):
                             fmt=self.data_format, valid_from_train=self.valid_from_train)
 
 
+DATA_KEYS = ("dataset", "data-format", "rating-threshold", "k-core", "split", "valid-ratio",
+             "test-ratio", "valid-from-train", "max-users", "seed")
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _parse_schedule(value: str) -> tuple[tuple[int, float], ...]:
+    steps = [tok.split(":") for tok in value.replace(" ", "").split(",") if tok]
+    if any(len(step) != 2 for step in steps):
+        raise ValueError(value)
+    return tuple(sorted((int(r), float(q)) for r, q in steps))
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<config>"
-        if item["type"] == "extra_forbidden":
+        if not item["loc"]:
+            lines.append(item["msg"].removeprefix("Value error, "))
+        elif item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown config key")
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")

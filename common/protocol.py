@@ -8,7 +8,8 @@ the record header before any array is decoded, metric types); the server's
 
 Per round, for each sampled node (docs/design.md has the sequence):
 
-* ``query.unshare``: server sends a :class:`Header`; node replies :class:`UnshareReply`.
+* ``query.unshare``: server sends a :class:`Header`; node replies :class:`UnshareReply` (the
+  cheap poll of nodes not sampled for a while).
 * ``query.share``: server sends a :class:`Header`; node replies :class:`ShareReply`.
 * ``train``: server sends :class:`ModelPayload` (with negatives); node replies :class:`TrainReply`.
 * ``evaluate``: server sends :class:`ModelPayload`; node replies :class:`EvaluateReply` (metric
@@ -16,7 +17,9 @@ Per round, for each sampled node (docs/design.md has the sequence):
 
 Every server message carries the header: round config, the server's shared-edge count per
 user of the node (``ack``) and the answers to earlier unshare requests (``unshare-ack``),
-sent only after the server persisted them.
+sent only after the server persisted them. Every node reply carries the node's pending
+unshare requests too (the records of :class:`UnshareReply`, when there are any), whatever the
+action: a request reaches the server in the first reply the node sends after it was made.
 """
 
 from __future__ import annotations
@@ -103,11 +106,14 @@ def _int64(values) -> np.ndarray:
 # --------------------------------------------------------------------- server -> node
 @dataclass(frozen=True)
 class UnshareAnswer:
-    """The server's final answer to one unshare request (no pairs, only the request id)."""
+    """The server's answer to one unshare request (no pairs, only the request id): done,
+    refused (final), or ``retry`` (a temporary refusal: the node keeps the request pending
+    and sends it again)."""
 
     request_id: int
     refused: bool
     reason: str = ""
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,10 @@ class Header:
         if self.answers:
             content["unshare-ack"] = to_record(
                 request=_int64([a.request_id for a in self.answers]),
-                refused=_int64([int(a.refused) for a in self.answers]))
+                refused=_int64([int(a.refused) for a in self.answers]),
+                retry=_int64([int(a.retry) for a in self.answers]))
             content["unshare-reasons"] = ConfigRecord(
-                {str(a.request_id): a.reason for a in self.answers if a.refused})
+                {str(a.request_id): a.reason for a in self.answers if a.reason})
         return content
 
     def to_content(self) -> RecordDict:
@@ -150,10 +157,11 @@ class Header:
 def _answers(content: RecordDict) -> tuple[UnshareAnswer, ...]:
     if "unshare-ack" not in content.array_records:
         return ()
-    ack = _arrays(content, "unshare-ack", {"request": ("int64", 1), "refused": ("int64", 1)})
+    ack = _arrays(content, "unshare-ack", {key: ("int64", 1) for key in
+                                           ("request", "refused", "retry")})
     reasons = content.config_records.get("unshare-reasons", {})
-    return tuple(UnshareAnswer(int(r), bool(f), str(reasons.get(str(r), "")))
-                 for r, f in zip(ack["request"].tolist(), ack["refused"].tolist()))
+    return tuple(UnshareAnswer(int(r), bool(f), str(reasons.get(str(r), "")), bool(t))
+                 for r, f, t in zip(*(ack[k].tolist() for k in ("request", "refused", "retry"))))
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,54 @@ class ModelPayload:
 
 # --------------------------------------------------------------------- node -> server
 @dataclass(frozen=True)
+class UnshareReply:
+    """Pending unshare requests, one row per withdrawn pair: ``request``, ``user``, ``item``
+    (m,). The reply to ``query.unshare``, and a rider on every other reply when the node has
+    pending requests (:func:`with_withdrawals` / :meth:`rider`)."""
+
+    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "unshare": ("request", "user", "item"), "unshare-count": ("num-requests", "num-pairs")}
+    request: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    num_requests: int
+
+    def write(self, content: RecordDict) -> RecordDict:
+        content["unshare"] = to_record(request=_int64(self.request), user=_int64(self.user),
+                                       item=_int64(self.item))
+        content["unshare-count"] = MetricRecord({"num-requests": self.num_requests,
+                                                 "num-pairs": len(self.item)})
+        return content
+
+    def to_content(self) -> RecordDict:
+        return self.write(RecordDict())
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> "UnshareReply":
+        metrics = _metrics(content, cls.RECORDS["unshare-count"], "unshare-count")
+        spec = {key: ("int64", 1) for key in cls.RECORDS["unshare"]}
+        arrays = _arrays(content, "unshare", spec)
+        if not (len(arrays["request"]) == len(arrays["user"]) == len(arrays["item"])
+                == _integer(metrics, "num-pairs")):
+            raise ProtocolError("unshare arrays and num-pairs disagree")
+        return cls(arrays["request"], arrays["user"], arrays["item"],
+                   _integer(metrics, "num-requests"))
+
+    @classmethod
+    def rider(cls, content: RecordDict) -> "UnshareReply | None":
+        """The requests riding on another reply, or None when it carries none."""
+        present = [name for name in cls.RECORDS if name in content]
+        if not present:
+            return None
+        return cls.from_content(content)
+
+
+def with_withdrawals(content: RecordDict, withdrawals: UnshareReply | None) -> RecordDict:
+    """``content`` plus the node's pending requests (nothing added when there are none)."""
+    return content if withdrawals is None else withdrawals.write(content)
+
+
+@dataclass(frozen=True)
 class ShareReply:
     """Newly shared ``(user, item)`` pairs (m,) each, and the node's catalog."""
 
@@ -209,13 +265,14 @@ class ShareReply:
     num_users: int
     num_items: int
     fingerprint: str
+    withdrawals: UnshareReply | None = None
 
     def to_content(self) -> RecordDict:
-        return RecordDict({
+        return with_withdrawals(RecordDict({
             "share": to_record(user=_int64(self.user), item=_int64(self.item)),
             "metrics": MetricRecord({"num-pairs": len(self.user), "num-users": self.num_users,
                                      "num-items": self.num_items}),
-            "catalog": ConfigRecord({"fingerprint": self.fingerprint})})
+            "catalog": ConfigRecord({"fingerprint": self.fingerprint})}), self.withdrawals)
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "ShareReply":
@@ -227,36 +284,8 @@ class ShareReply:
         if not (len(arrays["user"]) == len(arrays["item"]) == _integer(metrics, "num-pairs")):
             raise ProtocolError("share arrays and num-pairs disagree")
         return cls(arrays["user"], arrays["item"], _integer(metrics, "num-users"),
-                   _integer(metrics, "num-items"), str(catalog["fingerprint"]))
-
-
-@dataclass(frozen=True)
-class UnshareReply:
-    """Pending unshare requests, one row per withdrawn pair: ``request``, ``user``, ``item`` (m,)."""
-
-    RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "unshare": ("request", "user", "item"), "metrics": ("num-requests", "num-pairs")}
-    request: np.ndarray
-    user: np.ndarray
-    item: np.ndarray
-    num_requests: int
-
-    def to_content(self) -> RecordDict:
-        return RecordDict({
-            "unshare": to_record(request=_int64(self.request), user=_int64(self.user),
-                                 item=_int64(self.item)),
-            "metrics": MetricRecord({"num-requests": self.num_requests, "num-pairs": len(self.item)})})
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> "UnshareReply":
-        metrics = _metrics(content, cls.RECORDS["metrics"])
-        spec = {key: ("int64", 1) for key in cls.RECORDS["unshare"]}
-        arrays = _arrays(content, "unshare", spec)
-        if not (len(arrays["request"]) == len(arrays["user"]) == len(arrays["item"])
-                == _integer(metrics, "num-pairs")):
-            raise ProtocolError("unshare arrays and num-pairs disagree")
-        return cls(arrays["request"], arrays["user"], arrays["item"],
-                   _integer(metrics, "num-requests"))
+                   _integer(metrics, "num-items"), str(catalog["fingerprint"]),
+                   UnshareReply.rider(content))
 
 
 @dataclass(frozen=True)
@@ -265,33 +294,32 @@ class TrainReply:
 
     RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
         "update": ("index", "values", "counts"),
-        "metrics": ("loss", "num-examples", "pending-sharing", "pending-unshare")}
+        "metrics": ("loss", "num-examples", "pending-sharing")}
     index: np.ndarray
     values: np.ndarray
     counts: np.ndarray
     loss: float
     num_examples: int
     pending_sharing: bool
-    pending_unshare: bool
+    withdrawals: UnshareReply | None = None
 
     def to_content(self) -> RecordDict:
-        return RecordDict({
+        return with_withdrawals(RecordDict({
             "update": to_record(index=_int64(self.index), values=self.values, counts=self.counts),
             "metrics": MetricRecord({"loss": float(self.loss), "num-examples": int(self.num_examples),
-                                     "pending-sharing": int(self.pending_sharing),
-                                     "pending-unshare": int(self.pending_unshare)})})
+                                     "pending-sharing": int(self.pending_sharing)})}),
+            self.withdrawals)
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "TrainReply":
         metrics = _metrics(content, cls.RECORDS["metrics"])
         arrays = _arrays(content, "update", {"index": ("int64", 1), "values": ("float32", 2),
                                              "counts": ("float32", 1)})
-        flags = {key: _integer(metrics, key) for key in ("pending-sharing", "pending-unshare")}
-        if any(value not in (0, 1) for value in flags.values()):
-            raise ProtocolError(f"pending flags must be 0 or 1, got {flags}")
+        flag = _integer(metrics, "pending-sharing")
+        if flag not in (0, 1):
+            raise ProtocolError(f"pending-sharing must be 0 or 1, got {flag}")
         return cls(arrays["index"], arrays["values"], arrays["counts"], float(metrics["loss"]),
-                   _integer(metrics, "num-examples"), bool(flags["pending-sharing"]),
-                   bool(flags["pending-unshare"]))
+                   _integer(metrics, "num-examples"), bool(flag), UnshareReply.rider(content))
 
 
 @dataclass(frozen=True)
@@ -302,17 +330,20 @@ class EvaluateReply:
     RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
         split: (NUM_USERS_KEY, *metric_names()) for split in SPLITS}
     sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    withdrawals: UnshareReply | None = None
 
     def to_content(self) -> RecordDict:
-        return RecordDict({split: MetricRecord({k: float(v) for k, v in self.sums[split].items()})
-                           for split in SPLITS})
+        return with_withdrawals(RecordDict(
+            {split: MetricRecord({k: float(v) for k, v in self.sums[split].items()})
+             for split in SPLITS}), self.withdrawals)
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "EvaluateReply":
         return cls({split: {key: float(value) for key, value in
                             _metrics(content, cls.RECORDS[split], split).items()}
-                    for split in SPLITS})
+                    for split in SPLITS}, UnshareReply.rider(content))
 
 
 REPLIES: dict[str, Any] = {UNSHARE: UnshareReply, SHARE: ShareReply, TRAIN: TrainReply,
                            EVALUATE: EvaluateReply}
+RIDER: dict[str, tuple[str, ...]] = UnshareReply.RECORDS  # records any reply may carry besides its own

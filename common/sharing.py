@@ -63,9 +63,8 @@ def select_shared(pairs: np.ndarray, ratios_by_user: dict[int, float] | np.ndarr
     """
     if len(pairs) == 0:
         return np.zeros(0, dtype=bool)
-    user, item = pairs[:, 0], pairs[:, 1]
-    keys = hash_uniform(seed, _SALT_ITEM, user, item)
-    order = np.lexsort((keys, user))
+    user = pairs[:, 0]
+    order = _policy_order(pairs, seed)
     sorted_user = user[order]
     starts = np.searchsorted(sorted_user, sorted_user, side="left")
     rank_in_user = np.arange(len(order)) - starts
@@ -75,6 +74,18 @@ def select_shared(pairs: np.ndarray, ratios_by_user: dict[int, float] | np.ndarr
     mask = np.zeros(len(pairs), dtype=bool)
     mask[order] = rank_in_user < quota_sorted
     return mask
+
+
+def _policy_order(pairs: np.ndarray, seed: int) -> np.ndarray:
+    """Row order of ``pairs`` by (user, hash key): a ratio ρ shares a user's first ρ·n rows."""
+    keys = hash_uniform(seed, _SALT_ITEM, pairs[:, 0], pairs[:, 1])
+    return np.lexsort((keys, pairs[:, 0]))
+
+
+def policy_order(pairs: np.ndarray, seed: int) -> np.ndarray:
+    """``pairs`` ((n, 2) [user, item]) sorted by user, then in the order in which a growing
+    sharing ratio shares them (what a user's ``set-ratio`` follows)."""
+    return pairs[_policy_order(pairs, seed)] if len(pairs) else pairs
 
 
 def load_sharing_file(path: str | Path) -> dict[int, np.ndarray]:

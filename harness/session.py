@@ -47,11 +47,26 @@ class Session:
         return metrics["test"]
 
 
-def new_session(cfg: RunConfig, nodes: int, workdir: Path) -> Session:
+def new_session(cfg: RunConfig, nodes: int, workdir: Path, server_dir: Path | None = None,
+                grid_type: type[InProcessGrid] = InProcessGrid) -> Session:
+    """``nodes`` in-process nodes (state under ``workdir/nodes``) and a fresh server saving
+    to ``server_dir`` (default ``workdir/server``)."""
     dirs = [str(workdir / "nodes" / f"node-{p}") for p in range(nodes)]
-    grid = InProcessGrid(cfg.as_dict(), nodes, node_state_dirs=dirs)
-    state = ServerState(cfg, workdir / "server")
+    grid = grid_type(cfg.as_dict(), nodes, node_state_dirs=dirs)
+    state = ServerState(cfg, server_dir or workdir / "server")
     return Session(workdir, grid, state, FedShareStrategy(cfg, state))
+
+
+def restart(session: Session, cfg: RunConfig | None = None,
+            grid_type: type[InProcessGrid] = InProcessGrid) -> Session:
+    """The same federation after its ServerApp (and the nodes' per-run memory) restarted:
+    the server state is read back from disk, optionally under another run config."""
+    cfg = cfg or session.strategy.cfg
+    dirs = [str(d) for d in session.node_dirs()]
+    grid = grid_type(cfg.as_dict(), len(dirs), node_state_dirs=dirs)
+    state = ServerState.load(cfg, session.state.state_dir)
+    return Session(session.workdir, grid, state, FedShareStrategy(cfg, state),
+                   list(state.history), state.round + 1)
 
 
 def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:

@@ -45,6 +45,9 @@ class ServerGraphModel:
         self.item_weight = (0.1 * torch.randn(num_items, dim, generator=self.generator)) \
             .requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.user_weight, self.item_weight], lr=hp.lr)
+        # per row: the round since which its Adam moments accumulate (0 = since creation)
+        self.moments_since = {"user": torch.zeros(num_users, dtype=torch.int64),
+                              "item": torch.zeros(num_items, dtype=torch.int64)}
 
     def _batch_loss(self, graph: Graph, user_index, pos, neg, targets, extra) -> torch.Tensor:
         users, items = lightgcn_propagate(self.user_weight, self.item_weight, graph,
@@ -104,9 +107,20 @@ class ServerGraphModel:
                 return self.user_weight.detach().clone(), self.item_weight.detach().clone()
             return lightgcn_propagate(self.user_weight, self.item_weight, graph, self.hp.num_layers)
 
+    def reset_moments(self, users: torch.Tensor, items: torch.Tensor, rnd: int) -> None:
+        """Zero the Adam moment estimates of the given rows (they carried gradients of
+        withdrawn edges) and note the round since which these rows' moments accumulate."""
+        for param, rows, kind in ((self.user_weight, users, "user"), (self.item_weight, items, "item")):
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = self.optimizer.state.get(param, {}).get(key)
+                if moment is not None:
+                    moment[rows] = 0.0
+            self.moments_since[kind][rows] = rnd
+
     def state_dict(self) -> dict:
         return {"user": self.user_weight.detach(), "item": self.item_weight.detach(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "moments_since": self.moments_since}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
@@ -114,6 +128,8 @@ class ServerGraphModel:
             self.item_weight.copy_(state["item"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if "moments_since" in state:  # (files written before it existed: all rows since 0)
+            self.moments_since = {k: v.clone() for k, v in state["moments_since"].items()}
 
     def tables(self) -> dict[str, torch.Tensor]:
         """A detached copy of ``Z`` (what a snapshot stores)."""

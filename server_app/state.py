@@ -13,15 +13,13 @@ object changes) and the server's views (recomputed after every graph training).
 from __future__ import annotations
 
 import copy
-import io
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.atomic import atomic_write_bytes
 from common.config import RunConfig
 from common.graph import Graph, build_graph
 from common.protocol import UnshareAnswer
@@ -30,10 +28,21 @@ from server_app.edge_store import EdgeStore
 from server_app.graph_model import ServerGraphModel, ServerHyper
 from server_app.nodes import NodeRegistry
 from server_app.records import Catalog, RoundRecord
-from server_app.unlearning import UnlearningTask
+from server_app.state_file import clean_start, erase_in_other_runs, read_state, write_state
+from server_app.unlearning import UnlearningTask, affected_nodes
 
 log = logging.getLogger("flwr.fedshare")
-STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class Taint:
+    """The current model generation trained on edges that were later withdrawn: the
+    earliest of them ``entered`` in that round, the first erasure was in round ``erased``.
+    Snapshots from round ``entered`` on carry their influence (none is kept or taken), and
+    optimizer rows whose moments accumulate since before ``erased`` would too."""
+
+    entered: int
+    erased: int
 
 
 class CatalogMismatch(ValueError):
@@ -54,6 +63,7 @@ class ServerState:
         self.registry = NodeRegistry()
         self.outcomes: dict[int, UnshareAnswer] = {}  # request id -> answer (no pairs kept)
         self.unlearning: UnlearningTask | None = None
+        self.taint: Taint | None = None
         self.history: list[RoundRecord] = []
         self.views: tuple[np.ndarray, np.ndarray] | None = None
         self._graph: tuple[EdgeStore | None, Graph | None] = (None, None)  # (of store, graph)
@@ -76,7 +86,7 @@ class ServerState:
                          cfg.cl_weight, cfg.cl_temperature, cfg.num_layers)
         self.model = ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim,
                                       hp, seed=cfg.seed + 2)
-        self.views, self.snapshots, self.unlearning = None, {}, None
+        self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
         self.maybe_snapshot(0)
 
     def new_generation(self) -> None:
@@ -130,6 +140,25 @@ class ServerState:
                 self.views = None
         return graph
 
+    def forget(self, old_graph: Graph, pairs: np.ndarray, entered: int, hops: int) -> None:
+        """After erasing ``pairs`` (the earliest entered in round ``entered``): drop the
+        snapshots taken since, reset the optimizer moments of the rows within ``hops`` of
+        them in ``old_graph``, and remember the taint (no later snapshot of this model
+        generation is taken)."""
+        erased = self.round + 1
+        self.snapshots = {r: s for r, s in self.snapshots.items() if r < entered}
+        seeds = torch.from_numpy(np.unique(np.concatenate(
+            [pairs[:, 0], old_graph.num_users + pairs[:, 1]])))
+        rows = affected_nodes(old_graph, seeds, hops)
+        users, items = rows[rows < old_graph.num_users], rows[rows >= old_graph.num_users]
+        self.model.reset_moments(users, items - old_graph.num_users, erased)
+        self.taint = Taint(min(entered, self.taint.entered) if self.taint else entered,
+                           self.taint.erased if self.taint else erased)
+
+    def erase_elsewhere(self, pairs: np.ndarray) -> None:
+        """Erase ``pairs`` from the other runs' state files under the same server root."""
+        erase_in_other_runs(self.state_dir, self.catalog.fingerprint, pairs)
+
     def record_outcome(self, answer: UnshareAnswer) -> None:
         self.outcomes[answer.request_id] = answer
 
@@ -161,7 +190,12 @@ class ServerState:
         return self.views[0][picks].mean(axis=1).astype(np.float32)
 
     def maybe_snapshot(self, rnd: int) -> None:
+        """Keep a snapshot if ``rnd`` is scheduled -- unless the model carries the influence
+        of withdrawn edges (then it could never serve as a clean target)."""
         if rnd not in self.cfg.snapshot_round_list or self.model is None:
+            return
+        if self.taint is not None and rnd >= self.taint.entered:
+            log.info("no snapshot at round %d: the model still carries withdrawn edges", rnd)
             return
         self.snapshots[rnd] = self.model.tables()
         log.info("snapshot of the server model at round %d", rnd)
@@ -184,9 +218,7 @@ class ServerState:
         """Atomically rewrite ``state.pt`` (nothing before the catalog is known)."""
         if self.catalog is None:
             return
-        buffer = io.BytesIO()
-        torch.save(self._payload(), buffer)
-        atomic_write_bytes(self.state_dir / STATE_FILE, buffer.getvalue())
+        write_state(self.state_dir, self._payload())
         self._saved_edges = self.edges
 
     def _payload(self) -> dict:
@@ -200,16 +232,21 @@ class ServerState:
             "registry": self.registry.to_dict(),
             "outcomes": {k: (v.refused, v.reason) for k, v in self.outcomes.items()},
             "unlearning": None if self.unlearning is None else asdict(self.unlearning),
+            "taint": None if self.taint is None else asdict(self.taint), "owed_retrain": False,
             "history": [record.to_dict() for record in self.history],
         }
 
     @classmethod
     def load(cls, cfg: RunConfig, state_dir: Path) -> "ServerState":
-        """The state saved under ``state_dir``, or a fresh one when nothing was saved."""
+        """The state saved under ``state_dir``, or a fresh one when nothing was saved.
+
+        Leftover temporary files of interrupted writes are removed first; a run whose
+        pairs were withdrawn while it was idle starts its owed retrain here."""
         state = cls(cfg, state_dir)
-        path = state.state_dir / STATE_FILE
-        if path.exists():
-            state._restore(torch.load(path, weights_only=False))
+        clean_start(state.state_dir)
+        saved = read_state(state.state_dir)
+        if saved is not None:
+            state._restore(saved)
         return state
 
     def _restore(self, saved: dict) -> None:
@@ -220,12 +257,19 @@ class ServerState:
         self.edges = EdgeStore(self.catalog.num_users, self.catalog.num_items,
                                edges["user"].numpy(), edges["item"].numpy(), edges["round"].numpy())
         self._saved_edges = self.edges
-        self.model.load_state_dict(saved["model"])
-        self.snapshots = saved["snapshots"]
         self.registry = NodeRegistry.from_dict(saved["registry"])
         self.outcomes = {k: UnshareAnswer(k, *v) for k, v in saved["outcomes"].items()}
-        self.unlearning = None if saved["unlearning"] is None else UnlearningTask(**saved["unlearning"])
         self.history = [RoundRecord.from_dict(r) for r in saved["history"]]
+        if saved.get("owed_retrain"):
+            log.warning("%s: shared pairs were withdrawn while this run was idle; its server "
+                        "model starts a new generation from what is still shared", self.state_dir)
+            self.new_generation()
+            self.save()
+            return
+        self.model.load_state_dict(saved["model"])
+        self.snapshots = saved["snapshots"]
+        self.unlearning = None if saved["unlearning"] is None else UnlearningTask(**saved["unlearning"])
+        self.taint = Taint(**saved["taint"]) if saved.get("taint") else None
 
     def clone(self, cfg: RunConfig, state_dir: Path) -> "ServerState":
         """An independent in-memory copy running under ``cfg`` and saving to ``state_dir``."""

@@ -1,11 +1,13 @@
 """The FedShare strategy: per phase a configure step (messages to send) and an aggregate
 step (apply the replies), and one run loop.
 
-A round (docs/method.md §3): sample nodes -> ``query.unshare`` to nodes with pending requests
-(erase, persist, start unlearning) -> ``query.share`` to nodes with unsynced sharing (new
+A round (docs/method.md §3): sample nodes -> ``query.unshare`` polls the nodes not heard
+from for ``unshare-poll-every`` rounds -> ``query.share`` to nodes with unsynced sharing (new
 edges; the graph follows the edge store) -> train the server LightGCN (plus the unlearning
 term while it runs) -> ``train`` (sparse item rows back) -> per-row FedAvg -> ``evaluate``
-when due. With ``sharing-ratio = 0`` no edge ever arrives, so there is no graph, no global
+when due. Every reply of every phase may carry the node's pending unshare requests: they
+are judged and carried out (erase, persist, start unlearning) before anything else of that
+phase's replies is used. With ``sharing-ratio = 0`` no edge ever arrives, so there is no graph, no global
 view and no alignment: the loop is exactly federated BPR-MF with FedAvg.
 """
 
@@ -22,12 +24,12 @@ from common.config import RunConfig
 from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC, Selection
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
-                             ModelPayload, ShareReply, TrainReply, UnshareReply, content_bytes)
+                             ModelPayload, ShareReply, TrainReply, content_bytes)
 from server_app.aggregation import NonFiniteTable
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.state import CatalogMismatch, ServerState
 from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
-                                   check_train, check_unshare, decode)
+                                   check_train, check_unshare, decode, decode_withdrawals)
 from server_app.withdrawal import Withdrawal
 
 log = logging.getLogger("flwr.fedshare")
@@ -76,9 +78,12 @@ class FedShareStrategy:
                             users if len(users) else None,
                             user_views[users] if len(users) else None, pooled)
 
-    def _exchange(self, grid, messages: list[Message], phase: str, stats: PhaseStats) -> Replies:
+    def _exchange(self, grid, messages: list[Message], phase: str, stats: PhaseStats,
+                  rnd: int) -> Replies:
         """Send, wait (bounded by the round timeout), and return the content replies in the
-        order the messages were sent: results must not depend on who answered first."""
+        order the messages were sent (results must not depend on who answered first), with
+        their pending withdrawals carried out; nodes whose withdrawals are malformed are
+        dropped from the replies."""
         stats.sent += len(messages)
         stats.bytes_down += sum(content_bytes(m.content) for m in messages)
         if not messages:
@@ -99,36 +104,43 @@ class FedShareStrategy:
             stats.bytes_up += content_bytes(reply.content)
             if self.tap is not None:
                 self.tap(phase, reply)
+            self.state.registry.note_reply(node, rnd)
             good.append((node, reply))
         replied = {dst.get(r.metadata.reply_to_message_id) for r in replies}
         missing = sorted(set(dst.values()) - replied)
         stats.rejected += [f"node {n}: no reply within {self.cfg.round_timeout}s" for n in missing]
         stats.lost += missing
-        return good
+        for node in stats.lost:
+            self.state.registry.note_lost(node)
+        return self._withdraw(good, stats)
 
-    # ---------------------------------------------------------------- unshare phase
+    # ---------------------------------------------------------------- withdrawals (any phase)
+    def _withdraw(self, replies: Replies, stats: PhaseStats) -> Replies:
+        """Judge the unshare requests riding on ``replies`` and carry them out (erased and
+        durable before the rest of any reply is used); returns the replies still usable."""
+        catalog, usable = self.state.catalog, []
+        for node, reply in replies:
+            try:
+                rider = decode_withdrawals(reply.content)
+                if rider is not None and catalog is not None:
+                    requests = check_unshare(rider, catalog.num_users, catalog.num_items)
+                    stats.rejected += self.withdrawal.receive(node, requests)
+                usable.append((node, reply))
+            except ReplyError as exc:
+                stats.rejected.append(f"node {node}: unshare requests rejected: {exc}")
+        stats.withdrawn += self.withdrawal.carry_out()
+        return usable
+
+    # ---------------------------------------------------------------- unshare phase (polls)
     def configure_unshare(self, nodes: list[int], rnd: int) -> list[Message]:
         if self.state.catalog is None:
             return []  # nothing can have been shared yet
-        return [self._message(n, UNSHARE, self._header(n, rnd), rnd)
-                for n in nodes if self.state.registry.needs_unshare_query(n)]
+        self.state.registry.polled(nodes)
+        return [self._message(n, UNSHARE, self._header(n, rnd), rnd) for n in nodes]
 
     def aggregate_unshare(self, replies: Replies, stats: PhaseStats) -> None:
-        """Judge every request, then erase, persist and start unlearning once."""
-        catalog = self.state.catalog
-        for node, reply in replies:
-            try:
-                requests = check_unshare(decode(UnshareReply, reply.content),
-                                         catalog.num_users, catalog.num_items)
-            except ReplyError as exc:
-                stats.rejected.append(f"node {node}: unshare rejected: {exc}")
-                continue
-            for answer in self.withdrawal.judge(node, requests):
-                if answer.refused:
-                    stats.rejected.append(f"node {node}: unshare request {answer.request_id} "
-                                          f"refused: {answer.reason}")
-            stats.ok += 1
-        stats.withdrawn = self.withdrawal.carry_out()
+        """The requests were carried out on arrival (:meth:`_withdraw`)."""
+        stats.ok += len(replies)
 
     # ---------------------------------------------------------------- share phase
     def configure_share(self, nodes: list[int], rnd: int) -> list[Message]:
@@ -190,7 +202,7 @@ class FedShareStrategy:
             stats.rows_up += len(update.index)
             losses.append(train.loss)
             weights.append(train.num_examples)
-            self.state.registry.note_train_reply(node, train.pending_sharing, train.pending_unshare)
+            self.state.registry.note_train_reply(node, train.pending_sharing)
             stats.ok += 1
         try:
             self.state.apply_row_updates(updates)
@@ -221,7 +233,7 @@ class FedShareStrategy:
     def evaluate(self, grid, nodes: list[int], rnd: int):
         """One evaluation of the current models on ``nodes``: ``(stats, metrics per split)``."""
         stats, start = PhaseStats(), time.perf_counter()
-        replies = self._exchange(grid, self.configure_evaluate(nodes, rnd), "evaluate", stats)
+        replies = self._exchange(grid, self.configure_evaluate(nodes, rnd), "evaluate", stats, rnd)
         metrics = self.aggregate_evaluate(replies, stats)
         stats.seconds = time.perf_counter() - start
         return stats, metrics
@@ -239,7 +251,7 @@ class FedShareStrategy:
 
     def _phase(self, grid, record: RoundRecord, name: str, messages, aggregate):
         stats, start = record.phase(name), time.perf_counter()
-        result = aggregate(self._exchange(grid, messages, name, stats), stats)
+        result = aggregate(self._exchange(grid, messages, name, stats, record.round), stats)
         stats.seconds = time.perf_counter() - start
         return result
 
@@ -250,7 +262,9 @@ class FedShareStrategy:
         state.registry.connect(all_nodes)
         nodes = self.sample(all_nodes)
         record, edges_before = RoundRecord(rnd), state.edges
-        self._phase(grid, record, "unshare", self.configure_unshare(nodes, rnd),
+        self._phase(grid, record, "unshare",
+                    self.configure_unshare(state.registry.poll_targets(
+                        all_nodes, nodes, rnd, self.cfg.unshare_poll_every), rnd),
                     self.aggregate_unshare)
         self._phase(grid, record, "share", self.configure_share(nodes, rnd),
                     lambda replies, stats: self.aggregate_share(replies, stats, rnd))

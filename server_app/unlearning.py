@@ -55,14 +55,24 @@ def affected_nodes(graph: Graph, seed_nodes: torch.Tensor, hops: int) -> torch.T
 
 
 def snapshot_before(snapshots: dict[int, dict[str, torch.Tensor]], entered_round: int):
-    """``(round, tables)`` of the last snapshot taken before ``entered_round`` (or the earliest)."""
-    if not snapshots:
-        raise ValueError("contrastive unlearning needs at least one snapshot (snapshot-rounds)")
+    """``(round, tables)`` of the last snapshot taken before ``entered_round``: the only
+    kind that is a clean target. (Round 0, before any shared data, is always kept: the run
+    config refuses contrastive unlearning without it.)"""
     earlier = [r for r in snapshots if r < entered_round]
-    chosen = max(earlier) if earlier else min(snapshots)
     if not earlier:
-        log.warning("no snapshot before round %d; using round %d", entered_round, chosen)
+        raise ValueError(f"no snapshot older than round {entered_round} to unlearn from "
+                         "(snapshot-rounds must include 0)")
+    chosen = max(earlier)
     return chosen, snapshots[chosen]
+
+
+def snapshot_view(snapshot: dict[str, torch.Tensor], graph: Graph | None,
+                  num_layers: int) -> torch.Tensor:
+    """A snapshot propagated on ``graph`` (users then items): the contrastive positive."""
+    with torch.no_grad():
+        if graph is None:  # nothing shared any more: propagation is the identity
+            return _stacked(snapshot["user"], snapshot["item"])
+        return _stacked(*lightgcn_propagate(snapshot["user"], snapshot["item"], graph, num_layers))
 
 
 def _stacked(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -80,11 +90,8 @@ def start_task(tables: dict[str, torch.Tensor], snapshots, old_graph: Graph, new
     nodes = affected_nodes(old_graph, seeds, hops)
     weight = withdrawn_fraction(old_graph, new_graph)[nodes].clamp(min=NEIGHBOUR_WEIGHT)
     snap_round, snap = snapshot_before(snapshots, entered_round)
+    positive = snapshot_view(snap, new_graph, num_layers)
     with torch.no_grad():
-        if new_graph is None:  # nothing shared any more: propagation is the identity
-            positive = _stacked(snap["user"], snap["item"])
-        else:
-            positive = _stacked(*lightgcn_propagate(snap["user"], snap["item"], new_graph, num_layers))
         negative = _stacked(*lightgcn_propagate(tables["user"], tables["item"], old_graph, num_layers))
     return UnlearningTask(nodes, positive[nodes], negative[nodes], weight, rounds, snap_round)
 

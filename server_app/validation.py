@@ -35,6 +35,14 @@ def decode(payload_type, content):
         raise ReplyError(str(exc)) from None
 
 
+def decode_withdrawals(content) -> UnshareReply | None:
+    """The unshare requests riding on any reply (None when it carries none)."""
+    try:
+        return UnshareReply.rider(content)
+    except ProtocolError as exc:
+        raise ReplyError(str(exc)) from None
+
+
 def check_ids(name: str, ids: np.ndarray, upper: int) -> None:
     if len(ids) and (ids.min() < 0 or ids.max() >= upper):
         raise ReplyError(f"{name} id out of range [0, {upper})")

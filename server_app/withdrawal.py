@@ -1,9 +1,12 @@
 """Withdrawals: judge unshare requests, erase the edges, persist, then unlearn.
 
-The order is fixed here and nowhere else: judge every request of the round -> remove the
-accepted pairs from the edge store (the graph follows, being a pure function of it) ->
-save the state (an answer is sent only after this) -> start the unlearning method, which
-then contributes a loss term while it runs and advances once per round.
+The order is fixed here and nowhere else: judge the requests riding on a phase's replies ->
+remove the accepted pairs from the edge store (the graph follows, being a pure function of
+it) -> drop the snapshots and reset the optimizer rows that postdate them -> start the
+unlearning method (its task, or a retrain, is part of the saved state) -> erase the pairs
+from the other runs' state files -> save -> queue the answers (sent with the next message).
+A crash before the save leaves the request unanswered (the node sends it again); after it,
+everything owed is on disk and resumes.
 
 Methods are pluggable (:class:`UnlearningMethod`): ``naive`` (delete and go on),
 ``retrain`` (a new model generation trained from scratch on what is still shared) and
@@ -23,7 +26,7 @@ from common.config import RunConfig
 from common.graph import Graph
 from common.protocol import UnshareAnswer
 from server_app.state import ServerState
-from server_app.unlearning import UnlearningTask, start_task, unlearning_loss
+from server_app.unlearning import UnlearningTask, snapshot_view, start_task, unlearning_loss
 
 log = logging.getLogger("flwr.fedshare")
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,7 +74,7 @@ class Contrastive:
         task = start_task(state.model.tables(), state.snapshots, old_graph, state.graph, pairs,
                           entered, cfg.num_layers, cfg.unlearn_hops, cfg.unlearn_rounds)
         if state.unlearning is not None:
-            task = _merged(state.unlearning, task)
+            task = _merged(state.unlearning, task, state, cfg.num_layers)
         state.set_unlearning(task)
         log.info("contrastive unlearning: %d affected nodes, snapshot of round %d, %d rounds",
                  len(task.nodes), task.snapshot_round, task.rounds_left)
@@ -91,11 +94,18 @@ class Contrastive:
             state.set_unlearning(task if task.rounds_left > 0 else None)
 
 
-def _merged(previous: UnlearningTask, task: UnlearningTask) -> UnlearningTask:
-    """A running task extended by a new one: both sets of affected nodes are kept."""
+def _merged(previous: UnlearningTask, task: UnlearningTask, state: ServerState,
+            num_layers: int) -> UnlearningTask:
+    """A running task extended by a new one: both sets of affected nodes are kept. If the
+    running task's snapshot was dropped (it postdates the new withdrawal), its positives
+    are recomputed from the new task's (clean) snapshot on the current graph."""
     keep = ~torch.isin(previous.nodes, task.nodes)
+    positive = previous.positive[keep]
+    if previous.snapshot_round not in state.snapshots:
+        clean = snapshot_view(state.snapshots[task.snapshot_round], state.graph, num_layers)
+        positive = clean[previous.nodes[keep]]
     return replace(task, nodes=torch.cat([previous.nodes[keep], task.nodes]),
-                   positive=torch.cat([previous.positive[keep], task.positive]),
+                   positive=torch.cat([positive, task.positive]),
                    negative=torch.cat([previous.negative[keep], task.negative]),
                    weight=torch.cat([previous.weight[keep], task.weight]))
 
@@ -105,49 +115,70 @@ METHODS: dict[str, Callable[[RunConfig], UnlearningMethod]] = {
 
 
 class Withdrawal:
-    """Judges a round's unshare requests and carries out the accepted ones."""
+    """Judges unshare requests and carries out the accepted ones (any phase, any reply)."""
 
     def __init__(self, cfg: RunConfig, state: ServerState):
+        self.cfg = cfg
         self.state = state
         self.method = METHODS[cfg.unlearning_method](cfg)
         self._accepted: list[np.ndarray] = []
+        self._answers: list[tuple[int, UnshareAnswer]] = []
 
     def judge(self, node: int, requests: Requests) -> list[UnshareAnswer]:
         """Answer each request of ``node``; accepted pairs wait for :meth:`carry_out`.
 
-        A re-sent request gets its earlier answer again and changes nothing."""
+        A re-sent request gets its earlier answer again and changes nothing; a temporary
+        refusal (``retry``) is not recorded, so the request is judged again next time."""
         answers = []
         for request_id, (user, items) in requests.items():
             known = self.state.outcomes.get(request_id)
             answer = known or self._answer(node, request_id, user, items)
-            if known is None and not answer.refused:
+            if known is None and not answer.refused and not answer.retry:
+                held = items[self.state.edges.contains(np.full(len(items), user), items)]
                 self.state.registry.claim(node, [user])
-                self._accepted.append(np.stack([np.full(len(items), user), items], axis=1))
-            self.state.record_outcome(answer)
-            self.state.registry.queue_answer(node, answer)
+                self._accepted.append(np.stack([np.full(len(held), user), held], axis=1))
+            if not answer.retry:
+                self.state.record_outcome(answer)
+            self._answers.append((node, answer))
             answers.append(answer)
         return answers
 
+    def receive(self, node: int, requests: Requests) -> list[str]:
+        """:meth:`judge`, returning what to report: refused and deferred requests."""
+        return [f"node {node}: unshare request {answer.request_id} "
+                f"{'deferred' if answer.retry else 'refused'}: {answer.reason}"
+                for answer in self.judge(node, requests) if answer.refused or answer.retry]
+
     def _answer(self, node: int, request_id: int, user: int, items: np.ndarray) -> UnshareAnswer:
         registry, edges = self.state.registry, self.state.edges
-        if not registry.is_owned(user) or not registry.may_act_for(node, user):
-            return UnshareAnswer(request_id, True, f"user {user} is not shared by this node")
-        held = edges.contains(np.full(len(items), user), items)
-        if not held.all():
-            return UnshareAnswer(request_id, True, f"user {user} never shared "
-                                 f"{int((~held).sum())} of the {len(items)} requested items")
+        if not registry.is_owned(user):
+            return UnshareAnswer(request_id, True, f"user {user} shares nothing with the server")
+        if not registry.may_act_for(node, user):
+            return UnshareAnswer(request_id, False, f"user {user} is shared by another node "
+                                 f"({registry.owner[user]}) that is still connected; the "
+                                 "request is retried until one of the two is gone", retry=True)
+        if not edges.contains(np.full(len(items), user), items).any():
+            return UnshareAnswer(request_id, True, f"user {user} never shared any of the "
+                                 f"{len(items)} requested items")
         return UnshareAnswer(request_id, False)
 
     def carry_out(self) -> int:
-        """Erase every accepted pair, persist, start unlearning; returns how many pairs.
-
-        The pairs are dropped afterwards: no withdrawn pair is kept anywhere."""
-        if not self._accepted:
+        """Erase every accepted pair (here and in the run's other state directories), drop
+        what postdates them, start the unlearning owed, save -- and only then queue the
+        answers. Returns how many pairs were erased; the pairs are dropped afterwards."""
+        if not self._answers:
             return 0
-        pairs, self._accepted = np.concatenate(self._accepted), []
-        old_graph, entered = self.state.remove_edges(pairs)
-        self.state.save()                       # durable before any answer is sent
-        self.method.start(self.state, old_graph, pairs, entered)
+        pairs = np.concatenate(self._accepted) if self._accepted else np.zeros((0, 2), np.int64)
+        self._accepted, answers, self._answers = [], self._answers, []
+        if len(pairs):
+            state = self.state
+            old_graph, entered = state.remove_edges(pairs)
+            state.forget(old_graph, pairs, entered, self.cfg.unlearn_hops)
+            self.method.start(state, old_graph, pairs, entered)
+            state.erase_elsewhere(pairs)
+        self.state.save()                       # the whole effect is durable: now answer
+        for node, answer in answers:
+            self.state.registry.queue_answer(node, answer)
         return len(pairs)
 
     def loss_term(self) -> LossTerm | None:

@@ -11,7 +11,7 @@ import pytest
 
 from common.config import load_config
 from common.datasets import default_data_root, load_dataset
-from common.protocol import EVALUATE, REPLIES, SHARE, TRAIN, UNSHARE
+from common.protocol import EVALUATE, REPLIES, RIDER, SHARE, TRAIN, UNSHARE
 from common.sharing import shared_pairs
 from harness.inprocess import run_inprocess
 from server_app.state import ServerState
@@ -38,7 +38,10 @@ def test_every_reply_only_carries_whitelisted_fields(tapped_run):
     assert {phase for phase, _ in replies} == {"share", "train", "evaluate"}
     for phase, msg in replies:
         records = {name: set(record.keys()) for name, record in msg.content.items()}
-        assert records == {name: set(keys) for name, keys in ALLOWED[phase].items()}, phase
+        expected = {name: set(keys) for name, keys in ALLOWED[phase].items()}
+        riding = {name: keys for name, keys in records.items() if name not in expected}
+        assert riding in ({}, {name: set(keys) for name, keys in RIDER.items()}), phase
+        assert {name: keys for name, keys in records.items() if name in expected} == expected
 
 
 def test_only_shared_pairs_reach_the_server(tapped_run):

@@ -51,20 +51,6 @@ def test_dataset_is_a_name_or_a_path_and_data_keys_are_checked():
             load_config({key: value})
 
 
-def test_later_data_keys_change_the_sharing_fingerprint_only_when_set():
-    import hashlib
-    import json
-
-    base = load_config({})
-    old_keys = ("dataset", "rating-threshold", "valid-ratio", "test-ratio", "max-users", "seed",
-                "sharing-ratio", "sharing-distribution", "sharing-file")
-    old_payload = json.dumps({k: base.as_dict()[k] for k in old_keys}, sort_keys=True)
-    assert base.sharing_fingerprint() == hashlib.sha256(old_payload.encode()).hexdigest()[:12]
-    assert load_config({"k-core": 0}).sharing_fingerprint() == base.sharing_fingerprint()
-    assert load_config({"k-core": 5}).sharing_fingerprint() != base.sharing_fingerprint()
-    assert load_config({"split": "last"}).sharing_fingerprint() != base.sharing_fingerprint()
-
-
 def test_load_data_passes_every_data_key(tmp_path):
     folder = tmp_path / "lg"
     folder.mkdir()
@@ -85,3 +71,28 @@ def test_load_data_passes_every_data_key(tmp_path):
 def test_configs_that_would_break_runs_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides)
+
+
+@pytest.mark.parametrize("rounds", ["", "5,10"])
+def test_a_config_that_cannot_unlearn_is_refused_at_start(rounds):
+    with pytest.raises(ConfigError, match="snapshot-rounds must include 0"):
+        load_config({"snapshot-rounds": rounds})
+    assert load_config({"snapshot-rounds": rounds, "unlearning-method": "naive"})
+    assert load_config({"snapshot-rounds": rounds, "unlearn-rounds": 0})
+
+
+def test_ratio_schedule_and_data_fingerprint():
+    assert load_config({"ratio-schedule": "10:0.75, 5:0.25"}).ratio_steps == ((5, 0.25), (10, 0.75))
+    with pytest.raises(ConfigError, match="ratio-schedule"):
+        load_config({"ratio-schedule": "5:1.5"})
+    base = load_config({})
+    assert base.data_fingerprint() == load_config({"sharing-ratio": 0.3}).data_fingerprint()
+    assert base.data_fingerprint() != load_config({"max-users": 10}).data_fingerprint()
+
+
+def test_sharing_file_contents_enter_the_sharing_fingerprint(tmp_path):
+    path = tmp_path / "share.json"
+    path.write_text('{"1": [2]}')
+    before = load_config({"sharing-file": str(path)}).sharing_fingerprint()
+    path.write_text('{"1": [2, 3]}')
+    assert load_config({"sharing-file": str(path)}).sharing_fingerprint() != before

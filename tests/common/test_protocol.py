@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from common.protocol import (EvaluateReply, Header, ModelPayload, ProtocolError, ShareReply,
-                             TrainReply, UnshareAnswer, UnshareReply, to_record)
+from common.protocol import (RIDER, EvaluateReply, Header, ModelPayload, ProtocolError,
+                             ShareReply, TrainReply, UnshareAnswer, UnshareReply, to_record)
 
 RNG = np.random.default_rng(0)
 I64 = lambda *v: np.array(v, np.int64)  # noqa: E731
@@ -26,7 +26,9 @@ def _same(a, b) -> None:
 
 
 HEADER = Header(3, 1, I64(4, 9), I64(2, 0),
-                (UnshareAnswer(11, False), UnshareAnswer(12, True, "never shared")))
+                (UnshareAnswer(11, False), UnshareAnswer(12, True, "never shared"),
+                 UnshareAnswer(13, False, "owned by another node", retry=True)))
+RIDING = UnshareReply(I64(7, 7, 9), I64(1, 1, 2), I64(3, 4, 5), 2)
 PAYLOADS = [
     HEADER,
     Header(1),
@@ -36,14 +38,20 @@ PAYLOADS = [
     ShareReply(I64(1, 2), I64(3, 4), 10, 20, "abc"),
     UnshareReply(I64(7, 7), I64(1, 1), I64(3, 4), 1),
     TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
-               True, False),
+               True),
     EvaluateReply({split: {"num-users": 2.0, **{f"{m}@{k}": 0.25 * (split == "test")
                                                  for m in ("recall", "ndcg") for k in (10, 20, 50)}}
                    for split in ("valid", "test")}),
 ]
+WITH_RIDER = [
+    ShareReply(I64(1, 2), I64(3, 4), 10, 20, "abc", RIDING),
+    TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
+               False, RIDING),
+    EvaluateReply(PAYLOADS[-1].sums, RIDING),
+]
 
 
-@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("payload", PAYLOADS + WITH_RIDER, ids=lambda p: type(p).__name__)
 def test_round_trip(payload):
     _same(payload, type(payload).from_content(payload.to_content()))
 
@@ -53,6 +61,19 @@ def test_reply_records_are_exactly_the_declared_ones():
         content = payload.to_content()
         assert {name: set(record.keys()) for name, record in content.items()} == \
             {name: set(keys) for name, keys in type(payload).RECORDS.items()}
+    for payload in WITH_RIDER:       # pending withdrawals ride on any reply
+        content = payload.to_content()
+        assert {name: set(record.keys()) for name, record in content.items()} == \
+            {name: set(keys) for name, keys in {**type(payload).RECORDS, **RIDER}.items()}
+        assert UnshareReply.rider(content).request.tolist() == [7, 7, 9]
+    assert UnshareReply.rider(PAYLOADS[6].to_content()) is None
+
+
+def test_a_half_rider_is_a_protocol_error():
+    content = WITH_RIDER[1].to_content()
+    del content["unshare-count"]
+    with pytest.raises(ProtocolError, match="unshare-count"):
+        TrainReply.from_content(content)
 
 
 def _share_content(**changes) -> RecordDict:
@@ -83,7 +104,6 @@ def test_structural_errors_are_named(changes, reason):
 
 def test_pending_flags_must_be_bits():
     content = PAYLOADS[6].to_content()
-    content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "pending-sharing": 2,
-                                       "pending-unshare": 0})
+    content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "pending-sharing": 2})
     with pytest.raises(ProtocolError, match="0 or 1"):
         TrainReply.from_content(content)

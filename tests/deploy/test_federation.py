@@ -299,9 +299,9 @@ def test_killed_supernode_is_reported_and_a_restarted_federation_resumes(federat
                 assert request.status == "done", request
                 withdrawn += [(request.user, int(item)) for item in request.items]
     assert withdrawn
-    findings, scanned = audit_state_dir(fed.run_dir / "state" / "server" / "faulty",
-                                        np.array(withdrawn))
-    assert findings == [] and scanned >= 1
+    report = audit_state_dir(fed.run_dir / "state" / "server" / "faulty",
+                             pairs=np.array(withdrawn))
+    assert report.clean and report.scanned >= 1, report.findings
 
     # SuperLink (and everything else) restarted; the ServerApp resumes from its checkpoint
     assert fed.sh("stop", timeout=60).returncode == 0

@@ -20,7 +20,7 @@ BOUNDS = TrainBounds(epochs=1, lr=0.01, batch_size=4)   # 10 samples: 3 steps ->
 def _train(index=GOOD_INDEX, values=None, counts=None, **metrics):
     values = np.full((len(index), 4), 0.05, np.float32) if values is None else values
     counts = np.ones(len(index), np.float32) if counts is None else counts
-    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False, False)
+    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False)
 
 
 def test_good_train_reply_passes():
