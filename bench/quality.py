@@ -114,8 +114,8 @@ def plan_rows(args, base: dict, nodes: int) -> list[tuple[str, dict, list[dict]]
     """``(method, fixed overrides, grid)`` of every federated row of the plan."""
     grid, fixed = parse_grid(args.grid), parse_set(args.set)
     if args.plan == "main":
-        return [("fedavg", {**fixed, "sharing-ratio": 0.0}, grid)] + \
-            [("fedshare", {**fixed, "sharing-ratio": r}, grid) for r in args.ratios if r > 0]
+        return [("fedavg" if r == 0 else "fedshare", {**fixed, "sharing-ratio": r}, grid)
+                for r in args.ratios]
     if args.plan == "sweep":
         rows = [("fedavg" if r == 0 else "fedshare", {**fixed, "sharing-ratio": r}, [{}])
                 for r in args.ratios]
