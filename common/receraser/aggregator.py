@@ -22,6 +22,12 @@ Inputs are the frozen sub-model outputs stacked per row: users ``(U, K, d)``, it
 The last two score shard by shard, so their vectors are the K shard embeddings concatenated,
 ``d' = K·d`` (users scaled by the shard weight). :func:`train_aggregator` fits any of them with BPR
 on the training interactions, sub-models frozen.
+
+LightGCN variant (``AggregatorConfig.propagate_layers = L > 0``, as the reference code's
+``train_agg_model2``): the stacks are the sub-models' *layer-0* tables and the aggregated tables
+are propagated L LightGCN layers over the full training graph (SIGIR 2020 eq. 7–8),
+e = 1/(L+1) Σ_l Â^l E_agg, before scoring. Without it the aggregator combines the sub-models'
+propagated outputs directly (no graph work per step; cheaper to retrain on unlearning).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from common.centralized import sample_negatives
+from common.graph import Graph
 from common.losses import bpr_loss
+from common.models import lightgcn_propagate
 
 AGGREGATORS = ("attention", "average", "static")
 
@@ -117,11 +125,15 @@ def make_aggregator(kind: str, num_shards: int, dim: int) -> nn.Module:
     raise ValueError(f"unknown aggregator {kind!r}; expected one of {', '.join(AGGREGATORS)}")
 
 
-@torch.no_grad()
-def aggregate_tables(aggregator: nn.Module, user_stack: Tensor,
-                     item_stack: Tensor) -> tuple[Tensor, Tensor]:
-    """The ensemble's ``(U, d')`` user and ``(I, d')`` item embeddings."""
-    return aggregator.rows(user_stack, "user"), aggregator.rows(item_stack, "item")
+def aggregate_tables(aggregator: nn.Module, user_stack: Tensor, item_stack: Tensor,
+                     graph: Graph | None = None, num_layers: int = 0) -> tuple[Tensor, Tensor]:
+    """The ensemble's ``(U, d')`` user and ``(I, d')`` item embeddings from ``(U, K, d)`` /
+    ``(I, K, d)`` stacks, propagated ``num_layers`` LightGCN layers over ``graph`` if given.
+    Differentiable; wrap in ``torch.no_grad()`` for inference."""
+    user_out, item_out = aggregator.rows(user_stack, "user"), aggregator.rows(item_stack, "item")
+    if graph is not None and num_layers > 0:
+        user_out, item_out = lightgcn_propagate(user_out, item_out, graph, num_layers)
+    return user_out, item_out
 
 
 @dataclass(frozen=True)
@@ -133,18 +145,25 @@ class AggregatorConfig:
     batch_size: int = 16384
     lr: float = 1e-2
     reg: float = 0.0
+    propagate_layers: int = 0        # L > 0: LightGCN variant over the full graph (see above)
 
 
 def _bpr_step(aggregator: nn.Module, optimizer: torch.optim.Optimizer, user_stack: Tensor,
               item_stack: Tensor, users: Tensor, positives: Tensor, negatives: Tensor,
-              reg: float) -> float:
+              reg: float, graph: Graph | None = None, num_layers: int = 0) -> float:
     """One BPR step on ``(B,)`` triples; rows of each distinct user/item are aggregated once."""
-    user_ids, user_pos = torch.unique(users, return_inverse=True)
-    item_ids, item_pos = torch.unique(torch.cat([positives, negatives]), return_inverse=True)
-    user_vec = aggregator.rows(user_stack[user_ids], "user")[user_pos]                # (B, d')
-    item_vec = aggregator.rows(item_stack[item_ids], "item")[item_pos]                # (2B, d')
-    pos_vec, neg_vec = item_vec[:len(users)], item_vec[len(users):]
-    loss = bpr_loss((user_vec * pos_vec).sum(1), (user_vec * neg_vec).sum(1))
+    if graph is not None and num_layers > 0:
+        user_out, item_out = aggregate_tables(aggregator, user_stack, item_stack, graph,
+                                              num_layers)
+        pos_scores = (user_out[users] * item_out[positives]).sum(1)
+        neg_scores = (user_out[users] * item_out[negatives]).sum(1)
+    elif isinstance(aggregator, StaticWeightAggregator):
+        pos_scores, neg_scores = _static_scores(aggregator, user_stack, item_stack, users,
+                                                positives, negatives)
+    else:
+        pos_scores, neg_scores = _row_scores(aggregator, user_stack, item_stack, users,
+                                             positives, negatives)
+    loss = bpr_loss(pos_scores, neg_scores)
     if reg > 0:
         loss = loss + reg * sum(p.pow(2).sum() for p in aggregator.parameters())
     optimizer.zero_grad(set_to_none=True)
@@ -153,8 +172,33 @@ def _bpr_step(aggregator: nn.Module, optimizer: torch.optim.Optimizer, user_stac
     return float(loss.detach())
 
 
+def _static_scores(aggregator: "StaticWeightAggregator", user_stack: Tensor, item_stack: Tensor,
+                   users: Tensor, positives: Tensor,
+                   negatives: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B,)`` positive and negative Σ_k w_k ⟨e_u^k, e_i^k⟩; the frozen ``(B, K)`` per-shard
+    scores are computed without autograd (only w is learned)."""
+    with torch.no_grad():
+        user_rows = user_stack[users]                                             # (B, K, d)
+        pos_shard = (user_rows * item_stack[positives]).sum(-1)                   # (B, K)
+        neg_shard = (user_rows * item_stack[negatives]).sum(-1)
+    weights = aggregator.weights()
+    return pos_shard @ weights, neg_shard @ weights
+
+
+def _row_scores(aggregator: nn.Module, user_stack: Tensor, item_stack: Tensor, users: Tensor,
+                positives: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B,)`` positive and negative ⟨e_u, e_i⟩ of the aggregated rows."""
+    user_ids, user_pos = torch.unique(users, return_inverse=True)
+    item_ids, item_pos = torch.unique(torch.cat([positives, negatives]), return_inverse=True)
+    user_vec = aggregator.rows(user_stack[user_ids], "user")[user_pos]                # (B, d')
+    item_vec = aggregator.rows(item_stack[item_ids], "item")[item_pos]                # (2B, d')
+    pos_vec, neg_vec = item_vec[:len(users)], item_vec[len(users):]
+    return (user_vec * pos_vec).sum(1), (user_vec * neg_vec).sum(1)
+
+
 def train_aggregator(user_stack: Tensor, item_stack: Tensor, pairs: np.ndarray, num_items: int,
-                     config: AggregatorConfig, seed: int) -> tuple[nn.Module, float]:
+                     config: AggregatorConfig, seed: int,
+                     graph: Graph | None = None) -> tuple[nn.Module, float]:
     """Build and fit ``config.kind`` on the training ``pairs`` ``(n, 2)`` (canonical order).
 
     Args:
@@ -162,6 +206,7 @@ def train_aggregator(user_stack: Tensor, item_stack: Tensor, pairs: np.ndarray, 
         item_stack: ``(I, K, d)`` frozen sub-model item embeddings.
         pairs: training interactions, sorted by (user, item) (the result is a function of them
             and ``seed``). num_items: I.  config: see :class:`AggregatorConfig`.  seed: init + sampler.
+        graph: the full training graph of ``pairs``; required when ``config.propagate_layers > 0``.
 
     Returns:
         The trained aggregator (eval mode) and the training seconds.
@@ -184,5 +229,6 @@ def train_aggregator(user_stack: Tensor, item_stack: Tensor, pairs: np.ndarray, 
                 batch = slice(start, start + config.batch_size)
                 _bpr_step(aggregator, optimizer, user_stack, item_stack,
                           torch.from_numpy(users[batch]), torch.from_numpy(positives[batch]),
-                          torch.from_numpy(negatives[batch]), config.reg)
+                          torch.from_numpy(negatives[batch]), config.reg, graph,
+                          config.propagate_layers)
     return aggregator.eval(), time.perf_counter() - started

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common.graph import Graph, build_graph
 from common.receraser.aggregator import AggregatorConfig, aggregate_tables, train_aggregator
 from common.receraser.partition import Partition, partition_interactions
 from common.receraser.submodels import (SubModel, TrainConfig, canonical_pairs,
@@ -60,6 +61,7 @@ class RecEraser:
         self.submodels: list[SubModel | None] = [None] * config.num_shards
         self.stale: set[int] = set(range(config.num_shards))
         self.aggregator: nn.Module | None = None
+        self.graph: Graph | None = None        # full graph the aggregator propagates over
         self.aggregator_seconds = 0.0
 
     # ------------------------------------------------------------------ building
@@ -150,18 +152,36 @@ class RecEraser:
         return model
 
     def stacks(self) -> tuple[Tensor, Tensor]:
-        """Frozen sub-model outputs stacked: users ``(U, K, d)``, items ``(I, K, d)``."""
+        """Frozen sub-model embeddings stacked: users ``(U, K, d)``, items ``(I, K, d)``.
+
+        The outputs (propagated for LightGCN), or the layer-0 tables when the aggregator
+        propagates itself (``config.aggregator.propagate_layers > 0``).
+        """
         if any(model is None for model in self.submodels):
             raise RuntimeError("train every shard first (refresh())")
+        if self.config.aggregator.propagate_layers > 0:
+            return (torch.stack([m.state["user_emb.weight"] for m in self.submodels], dim=1),
+                    torch.stack([m.state["item_emb.weight"] for m in self.submodels], dim=1))
         return (torch.stack([m.user_out for m in self.submodels], dim=1),
                 torch.stack([m.item_out for m in self.submodels], dim=1))
 
+    def full_graph(self) -> Graph | None:
+        """The LightGCN graph of all stored interactions if the aggregator propagates, else None."""
+        if self.config.aggregator.propagate_layers <= 0:
+            return None
+        return build_graph(torch.from_numpy(self.pairs[:, 0]), torch.from_numpy(self.pairs[:, 1]),
+                           self.num_users, self.num_items)
+
     def train_aggregator(self) -> float:
         """Fit the aggregator from scratch on all stored interactions; returns its seconds."""
+        started = time.perf_counter()
         user_stack, item_stack = self.stacks()
-        self.aggregator, self.aggregator_seconds = train_aggregator(
+        self.graph = self.full_graph()
+        self.aggregator, _ = train_aggregator(
             user_stack, item_stack, canonical_pairs(self.pairs, self.num_items), self.num_items,
-            self.config.aggregator, shard_seed(self.config.seed, self.config.num_shards))
+            self.config.aggregator, shard_seed(self.config.seed, self.config.num_shards),
+            self.graph)
+        self.aggregator_seconds = time.perf_counter() - started
         return self.aggregator_seconds
 
     def refresh(self, log: Callable[[str], Any] = lambda _: None) -> dict[str, Any]:
@@ -186,4 +206,6 @@ class RecEraser:
         """The ensemble's ``(U, d')`` user and ``(I, d')`` item embeddings (score = inner product)."""
         if self.aggregator is None or self.stale:
             raise RuntimeError("stale ensemble: call refresh() first")
-        return aggregate_tables(self.aggregator, *self.stacks())
+        with torch.no_grad():
+            return aggregate_tables(self.aggregator, *self.stacks(), self.graph,
+                                    self.config.aggregator.propagate_layers)
