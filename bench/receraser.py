@@ -120,6 +120,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agg-epochs", type=int, default=2)
     parser.add_argument("--agg-batch-size", type=int, default=16384)
     parser.add_argument("--agg-lr", type=float, default=0.01)
+    parser.add_argument("--agg-propagate", type=int, default=0,
+                        help="LightGCN layers the aggregator propagates over the full graph")
     parser.add_argument("--requests", type=int, default=2,
                         help="single-interaction unlearning requests per RecEraser partition")
     parser.add_argument("--fractions", default="0.01,0.05", help="batch withdrawals (InBP)")
@@ -137,7 +139,8 @@ def main() -> None:
     submodel = TrainConfig(model=args.model, epochs=args.epochs, num_layers=args.num_layers,
                            batch_size=args.batch_size, lr=args.lr, reg=args.reg)
     aggregator = AggregatorConfig(kind="attention", epochs=args.agg_epochs,
-                                  batch_size=args.agg_batch_size, lr=args.agg_lr)
+                                  batch_size=args.agg_batch_size, lr=args.agg_lr,
+                                  propagate_layers=args.agg_propagate)
     rows = [retrain_row(ds, submodel, args.seed)]
     retrain_seconds, retrain_ndcg = rows[0]["train_seconds"], rows[0]["ndcg@20"]
     unlearning: list[dict] = []
