@@ -87,7 +87,10 @@ def _group_mean(values: np.ndarray, group: np.ndarray, num_groups: int,
     """``(K, d)`` mean of ``values`` ``(n, d)`` rows per ``group`` ``(n,)``; empty groups keep
     their ``previous`` row."""
     sums = np.zeros((num_groups, values.shape[1]))
-    np.add.at(sums, group, values) if values.shape[0] < 50_000 else _scatter_sum(sums, group, values)
+    if values.shape[0] < 50_000:
+        np.add.at(sums, group, values)                       # small n: unbuffered add is fine
+    else:
+        _scatter_sum(sums, group, values)
     counts = np.bincount(group, minlength=num_groups)[:, None]
     return np.where(counts > 0, sums / np.maximum(counts, 1), previous)
 
