@@ -6,7 +6,7 @@ On ``ml-1m-receraser`` (RecEraser's own ML-1M split) for one base model: full Re
 with UBP / IBP / InBP partitions (attention aggregation); SISA (random shards + averaging); the
 GraphEraser-style static learned weights; plus every other partition × aggregator pair, all on
 the same shards with the same budget and scored by the one project evaluator
-(:func:`common.centralized.evaluate_embeddings`). Then unlearning: ``--requests`` single-interaction
+(:func:`common.metrics.evaluate_split`, the one evaluator). Then unlearning: ``--requests`` single-interaction
 withdrawals per RecEraser partition (retrain the affected shard + the aggregator), and a random
 1 % / 5 % of the interactions withdrawn at once (InBP), each timed against the full Retrain.
 Writes ``{"manifest", "rows", "unlearning"}`` JSON.
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from common.centralized import evaluate_embeddings  # noqa: E402
+from common.metrics import evaluate_split, finalize  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from common.receraser import (AggregatorConfig, RecEraser, RecEraserConfig,  # noqa: E402
@@ -46,7 +46,7 @@ def log(line: str) -> None:
 
 
 def metrics_of(user_out, item_out, ds) -> dict:
-    m = evaluate_embeddings(user_out, item_out, ds.train, ds.test, ds.num_users)
+    m = finalize(evaluate_split(user_out, item_out, ds.train, ds.valid, ds.test, "test"))
     return {k: m[k] for k in ("recall@20", "ndcg@20", "recall@10", "ndcg@10")}
 
 

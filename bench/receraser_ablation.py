@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common.centralized import evaluate_embeddings
+from common.metrics import evaluate_split, finalize
 from common.datasets import load_dataset
 from common.receraser import AggregatorConfig, RecEraser, RecEraserConfig, TrainConfig
 
@@ -34,7 +34,7 @@ def main() -> None:
         variant = ensemble.with_aggregator(AggregatorConfig(kind=kind, epochs=epochs, lr=lr,
                                                             propagate_layers=layers))
         variant.train_aggregator()
-        metrics = evaluate_embeddings(*variant.embeddings(), ds.train, ds.test, ds.num_users)
+        metrics = finalize(evaluate_split(*variant.embeddings(), ds.train, ds.valid, ds.test, "test"))
         rows.append({"kind": kind, "epochs": epochs, "lr": lr, "propagate": layers,
                      "recall20": metrics["recall@20"], "ndcg20": metrics["ndcg@20"],
                      "seconds": variant.aggregator_seconds})

@@ -3,7 +3,7 @@
 Inputs are the frozen sub-model outputs stacked per row: users ``(U, K, d)``, items ``(I, K, d)``
 (``stack[:, k]`` is shard k's embedding). Every aggregator maps a ``(b, K, d)`` slice of rows to
 ``(b, d')`` vectors whose inner product is the ensemble's score, so the one project evaluator
-(:func:`common.centralized.evaluate_embeddings`) ranks them all.
+(:func:`common.metrics.evaluate_split`) ranks them all.
 
 * :class:`AttentionAggregator`, RecEraser's adaptive aggregation (Chen et al., WWW 2022, Eq. 5–8).
   Per shard a linear transfer into a shared space, then attention over shards, separately for
