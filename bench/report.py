@@ -41,8 +41,9 @@ def _reference(ax, rows: list[dict], method: str, style: str) -> None:
             ax.axhline(row["ndcg@20"], linestyle=style, color="grey", label=f"{method} {row['ndcg@20']:.3f}")
 
 
-def sweep_plot(rows: list[dict], path: Path) -> None:
-    """Test NDCG@20 of FedShare against ρ, FedAvg and centralized LightGCN as lines."""
+def sweep_plot(rows: list[dict], path: Path, references: dict[str, float]) -> None:
+    """Test NDCG@20 of FedShare against ρ, FedAvg and centralized LightGCN as lines (and any
+    ``references`` measured elsewhere, e.g. by ``python -m common.centralized``)."""
     points = sorted((r["sharing_ratio"], r["ndcg@20"]) for r in rows
                     if r["method"] in ("fedshare", "fedavg") and r["setting"] != "centralized")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -52,6 +53,8 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
             ax.plot(row["sharing_ratio"], row["ndcg@20"], "s", label="FedShare, uniform ρ_u, mean 0.5")
     _reference(ax, rows, "fedavg", ":")
     _reference(ax, rows, "centralized-lightgcn", "--")
+    for name, value in references.items():
+        ax.axhline(value, linestyle="-.", color="black", label=f"{name} {value:.3f}")
     ax.set_xlabel("sharing ratio ρ")
     ax.set_ylabel("test NDCG@20 (best validation round)")
     ax.legend(fontsize=8)
@@ -81,12 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="+")
     parser.add_argument("--plots", default="docs/img", help="folder for the PNG files")
     parser.add_argument("--name", required=True, help="file name prefix of the plots")
+    parser.add_argument("--reference", nargs="*", default=[], metavar="NAME=NDCG",
+                        help="extra reference lines, e.g. 'centralized LightGCN=0.3311'")
     args = parser.parse_args(argv)
     rows = [row for path in args.inputs for row in json.loads(Path(path).read_text())]
     print(markdown_table(rows))
     out = Path(args.plots)
     out.mkdir(parents=True, exist_ok=True)
-    sweep_plot(rows, out / f"{args.name}-sweep.png")
+    references = {k: float(v) for k, v in (item.rsplit("=", 1) for item in args.reference)}
+    sweep_plot(rows, out / f"{args.name}-sweep.png", references)
     curves_plot(rows, out / f"{args.name}-curves.png")
     print(f"\nplots: {out / f'{args.name}-sweep.png'}, {out / f'{args.name}-curves.png'}")
 
