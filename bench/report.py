@@ -41,6 +41,16 @@ def _reference(ax, rows: list[dict], method: str, style: str) -> None:
             ax.axhline(row["ndcg@20"], linestyle=style, color="grey", label=f"{method} {row['ndcg@20']:.3f}")
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """Label, lay out and write one figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def sweep_plot(rows: list[dict], path: Path, references: dict[str, float]) -> None:
     """Test NDCG@20 of FedShare against ρ, FedAvg and centralized LightGCN as lines (and any
     ``references`` measured elsewhere, e.g. by ``python -m common.centralized``)."""
@@ -55,12 +65,7 @@ def sweep_plot(rows: list[dict], path: Path, references: dict[str, float]) -> No
     _reference(ax, rows, "centralized-lightgcn", "--")
     for name, value in references.items():
         ax.axhline(value, linestyle="-.", color="black", label=f"{name} {value:.3f}")
-    ax.set_xlabel("sharing ratio ρ")
-    ax.set_ylabel("test NDCG@20 (best validation round)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, "sharing ratio ρ", "test NDCG@20 (best validation round)", 8)
 
 
 def curves_plot(rows: list[dict], path: Path) -> None:
@@ -71,12 +76,7 @@ def curves_plot(rows: list[dict], path: Path) -> None:
         if curve:
             label = f"{row['method']} ρ={row['sharing_ratio']:g}"
             ax.plot([c[0] for c in curve], [c[1] for c in curve], label=label)
-    ax.set_xlabel("round (epoch for centralized)")
-    ax.set_ylabel("validation NDCG@20")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, "round (epoch for centralized)", "validation NDCG@20", 7)
 
 
 def main(argv: list[str] | None = None) -> None:
