@@ -153,7 +153,20 @@ def _global_view(payload: ModelPayload, node: NodeData) -> GlobalView:
         user_graph[local] = torch.from_numpy(payload.user_views[hosted])
         shares[local] = True
     negatives = None if payload.negatives is None else torch.from_numpy(payload.negatives)
-    return GlobalView(item_emb, item_graph, user_graph, shares, negatives)
+    return GlobalView(item_emb, item_graph, user_graph, shares, negatives,
+                      _held_share(payload.header, node))
+
+
+def _held_share(header: Header, node: NodeData) -> torch.Tensor:
+    """``(n_u,)`` the fraction of each hosted user's training interactions the server holds
+    (its acknowledged edge count over the user's training count; 0 when unknown)."""
+    held = torch.zeros(len(node.users))
+    if header.acked_users is not None:
+        hosted = np.isin(header.acked_users, node.users)
+        local = torch.from_numpy(node.to_local(header.acked_users[hosted]))
+        held[local] = torch.from_numpy(header.acked_counts[hosted].astype(np.float32))
+    train_counts = torch.bincount(node.train_local[:, 0], minlength=len(node.users)).float()
+    return (held / train_counts.clamp(min=1)).clamp(0.0, 1.0)
 
 
 @app.query("unshare")

@@ -47,6 +47,7 @@ class GlobalView:
     user_graph: torch.Tensor            # (n_u, d) g_u, zero rows for users who share nothing
     user_shares: torch.Tensor           # (n_u,) bool
     negatives: torch.Tensor | None      # (M, d) pooled contrastive negatives
+    user_weight: torch.Tensor | None = None  # (n_u,) share of each user's training data the server holds
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,20 @@ def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor, view: GlobalVie
     """The representations whose dot product is the score.
 
     ``sum``: ``(e_u + g_u, e_i + h_i)``, shapes (n_u, d), (I, d);
-    ``concat``: ``([e_u, g_u], [e_i, h_i])``, i.e. ``s = <e_u, e_i> + <g_u, h_i>``.
+    ``concat``: ``([e_u, g_u], [e_i, h_i])``, i.e. ``s = <e_u, e_i> + <g_u, h_i>``;
+    ``weighted``: ``s = w_u <g_u, h_i> + (1 - w_u) <e_u, e_i + h_i>`` with ``w_u`` the share
+    of user u's training interactions the server holds (``view.user_weight``): a user who
+    shares everything is scored by the graph model alone, one who shares nothing by the local
+    user vector against the fused item views; shapes (n_u, 2d), (I, 2d).
     """
     item_graph = torch.zeros_like(item_emb) if view.item_graph is None else view.item_graph
     if fusion == "concat":
         return torch.cat([user_emb, view.user_graph], 1), torch.cat([item_emb, item_graph], 1)
+    if fusion == "weighted":
+        weight = torch.zeros(len(user_emb), 1) if view.user_weight is None \
+            else view.user_weight.unsqueeze(1)
+        return (torch.cat([weight * view.user_graph, (1 - weight) * user_emb], 1),
+                torch.cat([item_graph, item_emb + item_graph], 1))
     return user_emb + view.user_graph, item_emb + item_graph
 
 

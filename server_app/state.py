@@ -82,7 +82,7 @@ class ServerState:
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.item_emb = (0.1 * torch.randn(catalog.num_items, cfg.embedding_dim,
                                            generator=generator)).numpy()
-        hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.reg,
+        hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.server_reg,
                          cfg.cl_weight, cfg.cl_temperature, cfg.num_layers)
         self.model = ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim,
                                       hp, seed=cfg.seed + 2)

@@ -60,3 +60,20 @@ def test_selection_reports_the_best_validation_round_and_patience_stops_the_run(
     assert chosen.best_test == records[int(np.argmax(valid))].metrics
     assert len(records) < 12 and chosen.should_stop               # stopped early...
     assert valid[-1] <= max(valid) and records[-1].round == chosen.best_step + 1  # ...one round after
+
+
+def test_weighted_fusion_scores_users_who_share_everything_by_the_graph_model(tmp_path):
+    """At sharing ratio 1 the server holds every training interaction of every user, so
+    ``fusion = "weighted"`` must score exactly by the server's graph views (the local rows get
+    weight 0): the federated metrics equal a central evaluation of the server views alone."""
+    cfg = _cfg(tmp_path, **{"sharing-ratio": 1.0, "fusion": "weighted"})
+    session = new_session(cfg, 4, tmp_path / "fed")
+    session.run_rounds(2)
+    _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
+    ds = cfg.load_data()
+    user_views, item_views = (torch.from_numpy(v) for v in session.state.views)
+    for split in SPLITS:
+        central = finalize(evaluate_split(user_views, item_views, ds.train, ds.valid, ds.test, split))
+        assert federated[split]["num-users"] == central["num-users"] > 0
+        for key, value in central.items():
+            assert federated[split][key] == pytest.approx(value, abs=1e-6), (split, key)

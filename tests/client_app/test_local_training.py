@@ -90,6 +90,18 @@ def test_fusion_rules():
     assert torch.equal(users, e_u) and torch.equal(items, e_i)
 
 
+def test_weighted_fusion_follows_the_share_the_server_holds():
+    e_u, e_i, g_u, h_i = (torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM),
+                          torch.randn(NUM_USERS, DIM), torch.randn(NUM_ITEMS, DIM))
+    weight = torch.linspace(0, 1, NUM_USERS)
+    view = GlobalView(e_i, h_i, g_u, torch.ones(NUM_USERS, dtype=torch.bool), None, weight)
+    users, items = fused_tables(e_u, e_i, view, "weighted")
+    expected = weight[:, None] * (g_u @ h_i.T) + (1 - weight[:, None]) * (e_u @ (e_i + h_i).T)
+    assert torch.allclose(users @ items.T, expected, atol=1e-4)
+    assert torch.allclose((users @ items.T)[-1], g_u[-1] @ h_i.T, atol=1e-4)  # shares all: graph only
+    assert torch.allclose((users @ items.T)[0], e_u[0] @ (e_i + h_i).T, atol=1e-4)  # shares nothing
+
+
 def test_alignment_pulls_sharing_users_towards_their_global_view():
     torch.manual_seed(2)
     pairs, start = _pairs(), 0.1 * torch.randn(NUM_USERS, DIM)
