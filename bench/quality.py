@@ -97,16 +97,25 @@ def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int
 
 
 def centralized_row(cfg, model: str, args) -> dict:
-    ds = cfg.load_data()
-    result = train_centralized(ds, model, args.central_epochs, lr=args.central_lr,
-                               eval_every=args.central_eval_every,
-                               patience=args.central_patience, log=lambda *a, **k: None)
-    config = {"model": model, "epochs": args.central_epochs, "lr": args.central_lr}
+    """Centralized ``model`` tuned over ``--central-grid`` (lr, reg), chosen on validation."""
+    ds, runs = cfg.load_data(), []
+    for point in parse_grid(args.central_grid):
+        point = {"lr": args.central_lr, **point}
+        result = train_centralized(ds, model, args.central_epochs, lr=point["lr"],
+                                   reg=point.get("reg", 1e-4), eval_every=args.central_eval_every,
+                                   patience=args.central_patience, log=lambda *a, **k: None)
+        runs.append((point, result))
+        print(f"  centralized-{model} {point}: valid ndcg@20 {result['valid_metrics']['ndcg@20']:.4f} "
+              f"at epoch {result['best_epoch']}", flush=True)
+    point, result = max(runs, key=lambda run: run[1]["valid_metrics"]["ndcg@20"])
+    config = {"model": model, "epochs": args.central_epochs, **point}
     return {"method": f"centralized-{model}", "sharing_ratio": 1.0, "setting": "centralized",
             **{k: result["metrics"][k] for k in METRICS}, "best_round": result["best_epoch"],
-            "rounds_run": result["epochs"], "seconds": round(result["seconds"], 1),
-            "config": config, "curve": [(e["epoch"], e["valid"]["ndcg@20"], None)
-                                        for e in result["curve"] if "valid" in e],
+            "rounds_run": result["epochs"], "seconds": round(sum(r["seconds"] for _, r in runs), 1),
+            "config": config, "grid": [{"config": p, "valid_ndcg@20": r["valid_metrics"]["ndcg@20"],
+                                        "best_round": r["best_epoch"]} for p, r in runs],
+            "curve": [(e["epoch"], e["valid"]["ndcg@20"], None)
+                      for e in result["curve"] if "valid" in e],
             "manifest": run_manifest({**config, "dataset": cfg.dataset}, cfg.seed, ds.fingerprint)}
 
 
@@ -148,6 +157,8 @@ def main() -> None:
                         choices=("user", "item", "both"), help="alignment plan: sides compared")
     parser.add_argument("--central-epochs", type=int, default=200)
     parser.add_argument("--central-lr", type=float, default=0.001)
+    parser.add_argument("--central-grid", default="lr=0.001,0.01 reg=0.0001,0.001",
+                        help="centralized configurations tried per model (chosen on validation)")
     parser.add_argument("--central-eval-every", type=int, default=5)
     parser.add_argument("--central-patience", type=int, default=10)
     parser.add_argument("--max-users", type=int, default=0, help="keep users 0..N-1 (quick runs)")
