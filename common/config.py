@@ -64,7 +64,7 @@ class RunConfig(BaseModel):
     reg: float = Field(1e-4, ge=0.0)
     max_row_change: float = Field(0.0, ge=0.0)
     torch_threads: int = Field(1, ge=1)
-    fusion: Literal["sum", "concat", "weighted"] = "sum"
+    fusion: Literal["sum", "concat", "weighted"] = "weighted"
     # personalized sharing
     sharing_ratio: float = Field(0.5, ge=0.0, le=1.0)
     sharing_distribution: Literal["fixed", "uniform", "all-or-nothing"] = "fixed"
@@ -77,10 +77,10 @@ class RunConfig(BaseModel):
     cl_negative_pool: int = Field(8, ge=1)
     # server graph model
     num_layers: int = Field(3, ge=0, le=8)
-    server_lr: float = Field(0.03, gt=0.0)
-    server_epochs: float = Field(1.0, ge=0.0)
+    server_lr: float = Field(0.01, gt=0.0)
+    server_epochs: float = Field(3.0, ge=0.0)
     server_batch_size: int = Field(8192, ge=1)
-    server_reg: float = Field(1e-4, ge=0.0)
+    server_reg: float = Field(1e-3, ge=0.0)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning
     unlearning_method: Literal["contrastive", "naive", "retrain"] = "contrastive"

@@ -37,7 +37,7 @@ def _central_tables(session) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_federated_metrics_equal_centralized_ones_on_the_same_tables(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, fusion="sum")  # the tables below are put together by the sum rule
     session = new_session(cfg, 4, tmp_path / "fed")
     session.run_rounds(2)
     _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
