@@ -73,6 +73,7 @@ class RunConfig(BaseModel):
     cl_weight: float = Field(0.0, ge=0.0)
     cl_temperature: float = Field(1.0, gt=0.0)
     cl_side: Literal["user", "item", "both"] = "user"
+    server_cl_weight: float = Field(0.0, ge=0.0)
     cl_negatives: int = Field(64, ge=0)
     cl_negative_pool: int = Field(8, ge=1)
     # server graph model

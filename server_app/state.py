@@ -83,7 +83,7 @@ class ServerState:
         self.item_emb = (0.1 * torch.randn(catalog.num_items, cfg.embedding_dim,
                                            generator=generator)).numpy()
         hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.server_reg,
-                         cfg.cl_weight, cfg.cl_temperature, cfg.num_layers)
+                         cfg.server_cl_weight, cfg.cl_temperature, cfg.num_layers)
         self.model = ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim,
                                       hp, seed=cfg.seed + 2)
         self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
@@ -169,7 +169,7 @@ class ServerState:
     def train_graph(self, extra=None, steps: int | None = None) -> float:
         """Train the server model on the current graph (BPR over the shared edges, item-side
         alignment to the FedAvg table when enabled, plus ``extra``)."""
-        targets = torch.from_numpy(self.item_emb) if self.cfg.cl_weight > 0 else None
+        targets = torch.from_numpy(self.item_emb) if self.cfg.server_cl_weight > 0 else None
         pairs = torch.from_numpy(self.edges.pairs())
         return self.model.train(self.graph, pairs, targets, extra, steps=steps)
 
