@@ -55,6 +55,7 @@ class RunConfig(BaseModel):
     round_timeout: float = Field(600.0, gt=0.0)
     poll_interval: float = Field(0.05, gt=0.0, le=60.0)
     eval_every: int = Field(5, ge=0)
+    eval_fraction: float = Field(1.0, gt=0.0, le=1.0)
     patience: int = Field(0, ge=0)
     # local (client) model
     embedding_dim: int = Field(64, ge=1, le=1024)

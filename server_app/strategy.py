@@ -249,6 +249,16 @@ class FedShareStrategy:
         picked = self.rng.choice(len(nodes), size=count, replace=False)
         return sorted(nodes[int(i)] for i in picked)
 
+    def eval_nodes(self, node_ids: Iterable[int]) -> list[int]:
+        """The nodes evaluated: all, or a fixed ``eval-fraction`` of them (the same nodes at
+        every evaluation of the run: a permutation seeded by the run's seed, not by the round)."""
+        nodes = sorted(node_ids)
+        count = max(1, int(round(self.cfg.eval_fraction * len(nodes))))
+        if count >= len(nodes):
+            return nodes
+        order = np.random.default_rng([self.cfg.seed, 1]).permutation(len(nodes))
+        return sorted(nodes[int(i)] for i in order[:count])
+
     def _phase(self, grid, record: RoundRecord, name: str, messages, aggregate):
         stats, start = record.phase(name), time.perf_counter()
         result = aggregate(self._exchange(grid, messages, name, stats, record.round), stats)
@@ -283,7 +293,7 @@ class FedShareStrategy:
         record.generation = state.generation
         record.lost_nodes = self._lost_nodes(record.phase("train").lost)
         if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
-            record.phases["evaluate"], metrics = self.evaluate(grid, all_nodes, rnd)
+            record.phases["evaluate"], metrics = self.evaluate(grid, self.eval_nodes(all_nodes), rnd)
             record.metrics, record.valid_metrics = metrics.get("test", {}), metrics.get("valid", {})
         return record
 

@@ -77,3 +77,16 @@ def test_weighted_fusion_scores_users_who_share_everything_by_the_graph_model(tm
         assert federated[split]["num-users"] == central["num-users"] > 0
         for key, value in central.items():
             assert federated[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+def test_eval_fraction_evaluates_the_same_seeded_subset_every_time(tmp_path):
+    cfg = _cfg(tmp_path, **{"eval-fraction": 0.5, "num-rounds": 2, "eval-every": 1})
+    session = new_session(cfg, 8, tmp_path / "fed")
+    records = session.run_rounds(2)
+    evaluated = [session.strategy.eval_nodes(range(1, 9)) for _ in range(3)]
+    assert len(evaluated[0]) == 4 and evaluated[0] == evaluated[1] == evaluated[2]
+    assert all(r.phases["evaluate"].sent == 4 for r in records)
+    ds = cfg.load_data()   # the metrics count exactly the users of those nodes
+    users = np.concatenate([partition_users(ds.num_users, n - 1, 8) for n in evaluated[0]])
+    with_test = np.intersect1d(users, ds.test[:, 0])
+    assert records[-1].metrics["num-users"] == len(with_test)
