@@ -179,11 +179,19 @@ class ModelPayload:
     user_views: np.ndarray | None = None
     negatives: np.ndarray | None = None
 
-    def to_content(self) -> RecordDict:
-        content = self.header.to_content()
-        content["items"] = to_record(weight=self.items)
+    def shared_records(self) -> dict[str, ArrayRecord]:
+        """The records every node of a phase receives alike (item table, graph item views):
+        build them once and pass them to :meth:`to_content` of each node's payload."""
+        shared = {"items": to_record(weight=self.items)}
         if self.graph_items is not None:
-            content["graph"] = to_record(items=self.graph_items)
+            shared["graph"] = to_record(items=self.graph_items)
+        return shared
+
+    def to_content(self, shared: dict[str, ArrayRecord] | None = None) -> RecordDict:
+        """The message content; ``shared`` are this payload's :meth:`shared_records`, prebuilt."""
+        content = self.header.to_content()
+        for name, record in (shared or self.shared_records()).items():
+            content[name] = record
         if self.user_index is not None:
             content["users"] = to_record(index=_int64(self.user_index), values=self.user_views)
         if self.negatives is not None:

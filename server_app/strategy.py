@@ -60,9 +60,15 @@ class FedShareStrategy:
             else np.zeros(len(users), np.int64)
         return Header(rnd, state.generation, users, counts, state.registry.take_answers(node))
 
-    def _message(self, node: int, kind: str, payload, rnd: int) -> Message:
-        return Message(payload.to_content(), dst_node_id=node, message_type=kind,
-                       group_id=str(rnd))
+    def _message(self, node: int, kind: str, payload, rnd: int, shared=None) -> Message:
+        content = payload.to_content() if shared is None else payload.to_content(shared)
+        return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
+
+    def _model_messages(self, nodes: list[int], kind: str, rnd: int, negatives: bool) -> list[Message]:
+        """One model message per node; the item tables are serialised once for all of them."""
+        payloads = [self._model_payload(n, rnd, negatives) for n in nodes]
+        shared = payloads[0].shared_records() if payloads else None
+        return [self._message(n, kind, p, rnd, shared) for n, p in zip(nodes, payloads)]
 
     def _model_payload(self, node: int, rnd: int, negatives: bool) -> ModelPayload:
         state, header = self.state, self._header(node, rnd)
@@ -185,8 +191,7 @@ class FedShareStrategy:
 
     # ---------------------------------------------------------------- train phase
     def configure_train(self, nodes: list[int], rnd: int) -> list[Message]:
-        return [self._message(n, TRAIN, self._model_payload(n, rnd, negatives=True), rnd)
-                for n in nodes]
+        return self._model_messages(nodes, TRAIN, rnd, negatives=True)
 
     def aggregate_train(self, replies: Replies, stats: PhaseStats) -> float:
         """Per-row FedAvg of the valid updates; returns the example-weighted loss."""
@@ -212,7 +217,7 @@ class FedShareStrategy:
 
     # ---------------------------------------------------------------- evaluate phase
     def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
-        return [self._message(n, EVALUATE, self._model_payload(n, rnd, False), rnd) for n in nodes]
+        return self._model_messages(nodes, EVALUATE, rnd, negatives=False)
 
     def aggregate_evaluate(self, replies: Replies, stats: PhaseStats) -> dict[str, dict[str, float]]:
         """Metrics per split (``valid``, ``test``) over every valid reply."""

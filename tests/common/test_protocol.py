@@ -56,6 +56,19 @@ def test_round_trip(payload):
     _same(payload, type(payload).from_content(payload.to_content()))
 
 
+def test_prebuilt_shared_records_are_reused_and_decode_the_same():
+    """The strategy serialises the item tables once per phase and gives every node the same
+    records: each node still decodes its own header and user views."""
+    full = PAYLOADS[3]
+    shared = full.shared_records()
+    other = ModelPayload(Header(4), full.items, full.graph_items, I64(9),
+                         RNG.random((1, 4), np.float32))
+    for payload in (full, other):
+        content = payload.to_content(shared)
+        assert content["items"] is shared["items"] and content["graph"] is shared["graph"]
+        _same(payload, ModelPayload.from_content(content))
+
+
 def test_reply_records_are_exactly_the_declared_ones():
     for payload in PAYLOADS[4:]:
         content = payload.to_content()
