@@ -102,13 +102,15 @@ def centralized_row(cfg, model: str, args) -> dict:
     for point in parse_grid(args.central_grid):
         point = {"lr": args.central_lr, **point}
         result = train_centralized(ds, model, args.central_epochs, lr=point["lr"],
-                                   reg=point.get("reg", 1e-4), eval_every=args.central_eval_every,
+                                   reg=point.get("reg", 1e-4), batch_size=args.central_batch_size,
+                                   eval_every=args.central_eval_every,
                                    patience=args.central_patience, log=lambda *a, **k: None)
         runs.append((point, result))
         print(f"  centralized-{model} {point}: valid ndcg@20 {result['valid_metrics']['ndcg@20']:.4f} "
               f"at epoch {result['best_epoch']}", flush=True)
     point, result = max(runs, key=lambda run: run[1]["valid_metrics"]["ndcg@20"])
-    config = {"model": model, "epochs": args.central_epochs, **point}
+    config = {"model": model, "epochs": args.central_epochs, "batch_size": args.central_batch_size,
+              **point}
     return {"method": f"centralized-{model}", "sharing_ratio": 1.0, "setting": "centralized",
             **{k: result["metrics"][k] for k in METRICS}, "best_round": result["best_epoch"],
             "rounds_run": result["epochs"], "seconds": round(sum(r["seconds"] for _, r in runs), 1),
@@ -147,7 +149,8 @@ def main() -> None:
     parser.add_argument("--fraction-train", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--ratios", type=float, nargs="*", default=[0.0, 0.5, 1.0],
+                        help="sharing ratios of the federated rows (none: centralized rows only)")
     parser.add_argument("--grid", default="local-epochs=1,5",
                         help='client configurations tried for every method, e.g. "local-epochs=1,5 local-lr=0.01,0.03"')
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -157,6 +160,7 @@ def main() -> None:
                         choices=("user", "item", "both"), help="alignment plan: sides compared")
     parser.add_argument("--central-epochs", type=int, default=200)
     parser.add_argument("--central-lr", type=float, default=0.001)
+    parser.add_argument("--central-batch-size", type=int, default=2048)
     parser.add_argument("--central-grid", default="lr=0.001,0.01 reg=0.0001,0.001",
                         help="centralized configurations tried per model (chosen on validation)")
     parser.add_argument("--central-eval-every", type=int, default=5)
