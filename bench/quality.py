@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100, help="at most this many rounds")
     parser.add_argument("--fraction-train", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-fraction", type=float, default=1.0,
+                        help="evaluate a fixed seeded fraction of the clients (large datasets)")
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--ratios", type=float, nargs="*", default=[0.0, 0.5, 1.0],
                         help="sharing ratios of the federated rows (none: centralized rows only)")
@@ -171,6 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="fedshare-quality-")
     base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": args.eval_every,
+            "eval-fraction": args.eval_fraction,
             "patience": args.patience, "fraction-train": args.fraction_train,
             "max-users": args.max_users,
             "torch-threads": args.threads, "sharing-ratio": 0.5,
