@@ -80,11 +80,14 @@ def federated_run(base: dict, overrides: dict, nodes: int) -> dict:
 
 
 def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int,
-              setting: str) -> dict:
+              setting: str, progress: str | None = None) -> dict:
     """Every grid point under ``fixed``; the row is the one with the best validation NDCG@20."""
     runs = []
     for point in grid:
         runs.append(federated_run(base, {**fixed, **point}, nodes))
+        if progress is not None:  # every finished run is kept, even if the grid is cut short
+            with open(progress, "a") as sink:
+                sink.write(json.dumps({"method": method, **runs[-1]}) + "\n")
         print(f"  {method} {runs[-1]['config']}: valid ndcg@20 {runs[-1]['valid_ndcg@20']:.4f} "
               f"at round {runs[-1]['best_round']} ({runs[-1]['seconds']} s)", flush=True)
     best = max(runs, key=lambda run: run["valid_ndcg@20"])
@@ -183,7 +186,7 @@ def main() -> None:
     print(f"{args.dataset}: {nodes} nodes ({args.setting}), plan {args.plan}", flush=True)
     rows = []
     for method, fixed, grid in plan_rows(args, base, nodes):
-        rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting))
+        rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting, f"{args.out}.runs.jsonl"))
         print_table(rows[-1:], COLUMNS)
         write_json(args.out, rows)
     if args.plan == "main" and not args.no_centralized:
