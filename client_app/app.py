@@ -142,14 +142,19 @@ def _save_user_table(context: Context, cfg: RunConfig, header: Header, state_dir
                      generation=np.int64(header.generation))
 
 
+def _hosted(users: np.ndarray, node: NodeData) -> tuple[np.ndarray, torch.Tensor]:
+    """Which of the global ``users`` this node hosts (mask) and their node-local rows."""
+    hosted = np.isin(users, node.users)
+    return hosted, torch.from_numpy(node.to_local(users[hosted]))
+
+
 def _global_view(payload: ModelPayload, node: NodeData) -> GlobalView:
     item_emb = torch.from_numpy(payload.items)
     item_graph = None if payload.graph_items is None else torch.from_numpy(payload.graph_items)
     user_graph = torch.zeros(len(node.users), item_emb.shape[1])
     shares = torch.zeros(len(node.users), dtype=torch.bool)
     if payload.user_index is not None:
-        hosted = np.isin(payload.user_index, node.users)  # ignore views of users not hosted here
-        local = torch.from_numpy(node.to_local(payload.user_index[hosted]))
+        hosted, local = _hosted(payload.user_index, node)  # views of other users are ignored
         user_graph[local] = torch.from_numpy(payload.user_views[hosted])
         shares[local] = True
     negatives = None if payload.negatives is None else torch.from_numpy(payload.negatives)
@@ -162,8 +167,7 @@ def _held_share(header: Header, node: NodeData) -> torch.Tensor:
     (its acknowledged edge count over the user's training count; 0 when unknown)."""
     held = torch.zeros(len(node.users))
     if header.acked_users is not None:
-        hosted = np.isin(header.acked_users, node.users)
-        local = torch.from_numpy(node.to_local(header.acked_users[hosted]))
+        hosted, local = _hosted(header.acked_users, node)
         held[local] = torch.from_numpy(header.acked_counts[hosted].astype(np.float32))
     train_counts = torch.bincount(node.train_local[:, 0], minlength=len(node.users)).float()
     return (held / train_counts.clamp(min=1)).clamp(0.0, 1.0)

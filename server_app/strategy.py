@@ -60,15 +60,14 @@ class FedShareStrategy:
             else np.zeros(len(users), np.int64)
         return Header(rnd, state.generation, users, counts, state.registry.take_answers(node))
 
-    def _message(self, node: int, kind: str, payload, rnd: int, shared=None) -> Message:
-        content = payload.to_content() if shared is None else payload.to_content(shared)
+    def _message(self, node: int, kind: str, content, rnd: int) -> Message:
         return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
 
     def _model_messages(self, nodes: list[int], kind: str, rnd: int, negatives: bool) -> list[Message]:
         """One model message per node; the item tables are serialised once for all of them."""
         payloads = [self._model_payload(n, rnd, negatives) for n in nodes]
         shared = payloads[0].shared_records() if payloads else None
-        return [self._message(n, kind, p, rnd, shared) for n, p in zip(nodes, payloads)]
+        return [self._message(n, kind, p.to_content(shared), rnd) for n, p in zip(nodes, payloads)]
 
     def _model_payload(self, node: int, rnd: int, negatives: bool) -> ModelPayload:
         state, header = self.state, self._header(node, rnd)
@@ -142,7 +141,7 @@ class FedShareStrategy:
         if self.state.catalog is None:
             return []  # nothing can have been shared yet
         self.state.registry.polled(nodes)
-        return [self._message(n, UNSHARE, self._header(n, rnd), rnd) for n in nodes]
+        return [self._message(n, UNSHARE, self._header(n, rnd).to_content(), rnd) for n in nodes]
 
     def aggregate_unshare(self, replies: Replies, stats: PhaseStats) -> None:
         """The requests were carried out on arrival (:meth:`_withdraw`)."""
@@ -150,7 +149,7 @@ class FedShareStrategy:
 
     # ---------------------------------------------------------------- share phase
     def configure_share(self, nodes: list[int], rnd: int) -> list[Message]:
-        return [self._message(n, SHARE, self._header(n, rnd), rnd)
+        return [self._message(n, SHARE, self._header(n, rnd).to_content(), rnd)
                 for n in nodes if self.state.registry.needs_share_query(n)]
 
     def aggregate_share(self, replies: Replies, stats: PhaseStats, rnd: int) -> None:
@@ -248,7 +247,7 @@ class FedShareStrategy:
         """``fraction-train`` of the nodes, seeded. Indices are drawn, not ids: Flower's node
         ids are 64-bit and numpy would turn a mix of them into floats."""
         nodes = sorted(node_ids)
-        count = max(1, int(round(self.cfg.fraction_train * len(nodes))))
+        count = _share_of(self.cfg.fraction_train, len(nodes))
         if count >= len(nodes):
             return nodes
         picked = self.rng.choice(len(nodes), size=count, replace=False)
@@ -258,7 +257,7 @@ class FedShareStrategy:
         """The nodes evaluated: all, or a fixed ``eval-fraction`` of them (the same nodes at
         every evaluation of the run: a permutation seeded by the run's seed, not by the round)."""
         nodes = sorted(node_ids)
-        count = max(1, int(round(self.cfg.eval_fraction * len(nodes))))
+        count = _share_of(self.cfg.eval_fraction, len(nodes))
         if count >= len(nodes):
             return nodes
         order = np.random.default_rng([self.cfg.seed, 1]).permutation(len(nodes))
@@ -340,6 +339,11 @@ def selection(history: list[RoundRecord], patience: int = 0) -> Selection:
         if record.valid_metrics.get("num-users", 0) > 0:
             chosen = chosen.observe(record.round, record.valid_metrics, record.metrics)
     return chosen
+
+
+def _share_of(fraction: float, count: int) -> int:
+    """How many of ``count`` nodes a ``fraction`` means (at least one)."""
+    return max(1, int(round(fraction * count)))
 
 
 def _excerpt(reason: str, most: int = 300) -> str:

@@ -36,18 +36,21 @@ def _central_tables(session) -> tuple[torch.Tensor, torch.Tensor]:
     return users, torch.from_numpy(state.item_emb + item_views)
 
 
-def test_federated_metrics_equal_centralized_ones_on_the_same_tables(tmp_path):
-    cfg = _cfg(tmp_path, fusion="sum")  # the tables below are put together by the sum rule
-    session = new_session(cfg, 4, tmp_path / "fed")
-    session.run_rounds(2)
-    _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
-    ds = cfg.load_data()
-    users, items = _central_tables(session)
+def _assert_equals_central(federated, users, items, ds) -> None:
+    """Federated metric sums of every split equal the one evaluator run on ``(users, items)``."""
     for split in SPLITS:
         central = finalize(evaluate_split(users, items, ds.train, ds.valid, ds.test, split))
         assert federated[split]["num-users"] == central["num-users"] > 0
         for key, value in central.items():
             assert federated[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+def test_federated_metrics_equal_centralized_ones_on_the_same_tables(tmp_path):
+    cfg = _cfg(tmp_path, fusion="sum")  # the tables below are put together by the sum rule
+    session = new_session(cfg, 4, tmp_path / "fed")
+    session.run_rounds(2)
+    _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
+    _assert_equals_central(federated, *_central_tables(session), cfg.load_data())
 
 
 def test_selection_reports_the_best_validation_round_and_patience_stops_the_run(tmp_path):
@@ -70,13 +73,8 @@ def test_weighted_fusion_scores_users_who_share_everything_by_the_graph_model(tm
     session = new_session(cfg, 4, tmp_path / "fed")
     session.run_rounds(2)
     _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
-    ds = cfg.load_data()
     user_views, item_views = (torch.from_numpy(v) for v in session.state.views)
-    for split in SPLITS:
-        central = finalize(evaluate_split(user_views, item_views, ds.train, ds.valid, ds.test, split))
-        assert federated[split]["num-users"] == central["num-users"] > 0
-        for key, value in central.items():
-            assert federated[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    _assert_equals_central(federated, user_views, item_views, cfg.load_data())
 
 
 def test_eval_fraction_evaluates_the_same_seeded_subset_every_time(tmp_path):
