@@ -213,7 +213,8 @@ def train(msg: Message, context: Context) -> Message:
                          seed=cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id)
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     reply = TrainReply(update.index, update.values, update.counts, update.loss,
-                       update.num_examples, pending, _withdrawals(ledger))
+                       update.num_examples, pending, _withdrawals(ledger),
+                       num_users=int(node.train_local[:, 0].unique().numel()))
     return Message(reply.to_content(), reply_to=msg)
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from common.parsing import DataFormatError, Interactions, _check_rating
+from common.parsing import DataFormatError, Interactions, _check_rating, excerpt
 
 COLUMN_NAMES = {
     "user": ("user", "userid", "uid", "users", "reviewerid", "customerid", "visitorid"),
@@ -174,7 +174,7 @@ def _time_value(path: Path, lineno: int, token: str) -> float:
     try:
         return float(np.datetime64(token, "s").astype(np.int64))
     except ValueError:
-        raise DataFormatError(path, lineno, f"timestamp {token!r} is neither a number nor an ISO date") from None
+        raise DataFormatError(path, lineno, f"timestamp {excerpt(token)} is neither a number nor an ISO date") from None
 
 
 def _parse_slow(path: Path, text: str, sep: str | None, columns: dict[str, int],

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from common import delimited
-from common.parsing import (DataFormatError, Interactions, _check_uint, _empty_file_error,
-                            _parse_lightgcn_fast, _parse_lightgcn_slow, _read_bytes, _read_head)
+from common.parsing import (MAX_CATALOG, DataFormatError, Interactions, _check_uint,
+                            _empty_file_error, _parse_lightgcn_fast, _parse_lightgcn_slow,
+                            _read_bytes, _read_head, excerpt)
 
 FORMATS = ("lightgcn", "selfrec", "recbole", "delimited")
 COLUMN_NAMES = delimited.COLUMN_NAMES
@@ -55,8 +56,8 @@ def _parse_selfrec_slow(path: Path, text: str) -> np.ndarray:
         head, colon, rest = line.partition(":")
         if not colon:
             raise DataFormatError(path, lineno, "expected 'user:item item ...' (no ':' after the user id)")
-        user = _check_uint(path, lineno, head, "user id")
-        line_items = [_check_uint(path, lineno, tok, "item id") for tok in rest.split()]
+        user = _check_uint(path, lineno, head, "user id", MAX_CATALOG)
+        line_items = [_check_uint(path, lineno, tok, "item id", MAX_CATALOG) for tok in rest.split()]
         users.extend([user] * len(line_items))
         items.extend(line_items)
     if not users and not text.strip():
@@ -87,7 +88,7 @@ def read_recbole(path: Path) -> Interactions:
     names = []
     for field in header.split("\t"):
         if not _RECBOLE_FIELD.fullmatch(field.strip()):
-            raise DataFormatError(path, lineno, f"RecBole header field {field.strip()!r} is not "
+            raise DataFormatError(path, lineno, f"RecBole header field {excerpt(field.strip())} is not "
                                   f"name:type with a type in {', '.join(_RECBOLE_TYPES)}")
         names.append(field.strip().rsplit(":", 1)[0])
     columns = delimited.columns_from_names(path, lineno, names)

@@ -19,6 +19,10 @@ _UINT_RE = re.compile(r"[0-9]+")
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NEG_RE = re.compile(r"-[0-9]+")
 _MAX_ID = 2**53  # larger ids are certainly corrupt, and float64 rating tables could not hold them exactly
+# Users or items a dataset or a federation may hold. Formats whose ids are 0-based row
+# indices (LightGCN, SELFRec) must stay below it: a larger id there is corrupt, not a name.
+MAX_CATALOG = 100_000_000
+_EXCERPT = 40  # characters of a bad field quoted in an error
 _RATING_DTYPE = np.dtype([("user", "i8"), ("item", "i8"), ("rating", "f8"), ("ts", "i8")])
 
 
@@ -26,6 +30,7 @@ class DataFormatError(ValueError):
     """A data file does not have the expected format; the message is ``"<path>:<line>: <what>"``."""
 
     def __init__(self, path: Path | str, line: int, what: str) -> None:
+        what = what if len(what) <= 300 else what[:300] + "..."   # never a whole field
         super().__init__(f"{path}:{line}: {what}")
         self.path = str(path)
         self.line = line
@@ -84,16 +89,26 @@ def _empty_file_error(path: Path) -> DataFormatError:
     return DataFormatError(path, 1, "empty file (no data lines)")
 
 
-def _check_uint(path: Path, lineno: int, field: str, what: str) -> int:
-    """Parse a non-negative decimal id, or raise naming the line."""
+def excerpt(token: str) -> str:
+    """``token`` quoted for an error message, cut to a short excerpt (a corrupt file can
+    hold a field of megabytes, and errors end up in logs and result files)."""
+    token = str(token)
+    if len(token) <= _EXCERPT:
+        return repr(token)
+    return f"{token[:_EXCERPT]!r}... ({len(token)} characters)"
+
+
+def _check_uint(path: Path, lineno: int, field: str, what: str, limit: int = _MAX_ID) -> int:
+    """Parse a non-negative decimal id below ``limit``, or raise naming the line."""
     token = field.strip()
     if _UINT_RE.fullmatch(token):
-        if int(token) >= _MAX_ID:
-            raise DataFormatError(path, lineno, f"{what} {token!r} is too large")
+        if int(token) >= limit:
+            raise DataFormatError(path, lineno, f"{what} {excerpt(token)} is implausibly large "
+                                                f"(ids must be below {limit:,})")
         return int(token)
     if _NEG_RE.fullmatch(token):
-        raise DataFormatError(path, lineno, f"negative {what} {token!r}")
-    raise DataFormatError(path, lineno, f"non-integer {what} {token!r}")
+        raise DataFormatError(path, lineno, f"negative {what} {excerpt(token)}")
+    raise DataFormatError(path, lineno, f"non-integer {what} {excerpt(token)}")
 
 
 def _check_rating(path: Path, lineno: int, field: str) -> float:
@@ -102,9 +117,9 @@ def _check_rating(path: Path, lineno: int, field: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise DataFormatError(path, lineno, f"non-numeric rating {token!r}") from None
+        raise DataFormatError(path, lineno, f"non-numeric rating {excerpt(token)}") from None
     if not np.isfinite(value):
-        raise DataFormatError(path, lineno, f"non-finite rating {token!r}")
+        raise DataFormatError(path, lineno, f"non-finite rating {excerpt(token)}")
     return value
 
 
@@ -121,7 +136,7 @@ def _parse_ratings_slow(path: Path, text: str, sep: str) -> np.ndarray:
         item = _check_uint(path, lineno, fields[1], "item id")
         rating = _check_rating(path, lineno, fields[2])
         if not _INT_RE.fullmatch(fields[3].strip()):
-            raise DataFormatError(path, lineno, f"non-integer timestamp {fields[3].strip()!r}")
+            raise DataFormatError(path, lineno, f"non-integer timestamp {excerpt(fields[3].strip())}")
         rows.append((user, item, rating))
     if not rows:
         raise _empty_file_error(path)
@@ -176,7 +191,8 @@ def _parse_lightgcn_slow(path: Path, text: str) -> tuple[np.ndarray, int]:
         tokens = line.split()
         if not tokens:
             continue
-        ids = [_check_uint(path, lineno, tok, "user id" if k == 0 else "item id") for k, tok in enumerate(tokens)]
+        ids = [_check_uint(path, lineno, tok, "user id" if k == 0 else "item id", MAX_CATALOG)
+               for k, tok in enumerate(tokens)]
         max_user = max(max_user, ids[0])
         users.extend([ids[0]] * (len(ids) - 1))
         items.extend(ids[1:])
@@ -197,8 +213,8 @@ def _parse_lightgcn_fast(data: bytes) -> tuple[np.ndarray, int] | None:
     if (ends - starts).max() > 18:
         return None  # would overflow int64: let the slow path report it
     values = np.fromstring(data.decode("ascii"), dtype=np.int64, sep=" ")
-    if len(values) != len(starts):
-        return None
+    if len(values) != len(starts) or values.max() >= MAX_CATALOG:
+        return None  # the slow path names the line
     line = np.searchsorted(np.flatnonzero(buf == ord("\n")), starts)
     first = np.concatenate([[True], line[1:] != line[:-1]])  # first token of a line is the user
     owner = values[first][np.cumsum(first) - 1]

@@ -302,7 +302,7 @@ class TrainReply:
 
     RECORDS: ClassVar[dict[str, tuple[str, ...]]] = {
         "update": ("index", "values", "counts"),
-        "metrics": ("loss", "num-examples", "pending-sharing")}
+        "metrics": ("loss", "num-examples", "num-users", "pending-sharing")}
     index: np.ndarray
     values: np.ndarray
     counts: np.ndarray
@@ -310,11 +310,13 @@ class TrainReply:
     num_examples: int
     pending_sharing: bool
     withdrawals: UnshareReply | None = None
+    num_users: int = 1        # users whose interactions trained this round (bounds the counts)
 
     def to_content(self) -> RecordDict:
         return with_withdrawals(RecordDict({
             "update": to_record(index=_int64(self.index), values=self.values, counts=self.counts),
             "metrics": MetricRecord({"loss": float(self.loss), "num-examples": int(self.num_examples),
+                                     "num-users": int(self.num_users),
                                      "pending-sharing": int(self.pending_sharing)})}),
             self.withdrawals)
 
@@ -327,7 +329,8 @@ class TrainReply:
         if flag not in (0, 1):
             raise ProtocolError(f"pending-sharing must be 0 or 1, got {flag}")
         return cls(arrays["index"], arrays["values"], arrays["counts"], float(metrics["loss"]),
-                   _integer(metrics, "num-examples"), bool(flag), UnshareReply.rider(content))
+                   _integer(metrics, "num-examples"), bool(flag), UnshareReply.rider(content),
+                   _integer(metrics, "num-users"))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -47,8 +48,10 @@ def _set_task_identity(run_id: int) -> None:
 class InProcessGrid(Grid):
     """``num_nodes`` SuperNodes hosted in this process (node ids 1..N)."""
 
-    def __init__(self, run_config: dict, num_nodes: int, node_state_dirs: list[str] | None = None):
+    def __init__(self, run_config: dict, num_nodes: int, node_state_dirs: list[str] | None = None,
+                 public_keys: dict[int, bytes] | None = None):
         self._run_id = 1
+        self.public_keys = dict(public_keys or {})  # node id -> key, as with SuperNode auth
         _set_task_identity(self._run_id)
         self._replies: dict[str, Message] = {}
         self.dead: set[int] = set()
@@ -75,6 +78,11 @@ class InProcessGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.contexts if n not in self.dead]
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """As the SuperLink lists them: with the public key of authenticated nodes."""
+        return [NodeInfo(node_id=n, public_key=self.public_keys.get(n, b""))
+                for n in self.get_node_ids()]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

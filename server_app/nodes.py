@@ -10,8 +10,13 @@ speaks for which user.
   nodes to poll this round whatever the period (a temporary refusal is retried at once).
 * ``synced``: nodes whose shared sets the server holds in full (no ``query.share`` needed).
 * ``answers``: unshare answers persisted but not yet delivered, per node.
-* ownership: one relation user -> node (the node that shares for the user); the users of a
-  node are derived from it, never stored beside it.
+* ownership: one relation user -> identity of the node that shares for the user; the users
+  of a node are derived from it, never stored beside it. With SuperNode authentication a
+  node's identity is its public key (``key:<sha256>``, from the SuperLink's node list): the
+  first authenticated claim binds the user to that key for good, so a restarted node (same
+  key) keeps its users and no other node can take them. Without authentication the
+  identity is the node id (``node:<id>``), which a restarted SuperNode does not keep: its
+  users go to the next node that claims them once the old id is gone or silent.
 
 Only ownership is durable (saved with the server state): the rest is rebuilt from the
 nodes' next replies after a restart.
@@ -19,6 +24,7 @@ nodes' next replies after a restart.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,12 +40,19 @@ class NodeRegistry:
     poll_now: set[int] = field(default_factory=set)
     synced: set[int] = field(default_factory=set)
     answers: dict[int, list[UnshareAnswer]] = field(default_factory=dict)
-    owner: dict[int, int] = field(default_factory=dict)     # user -> node
-    _by_node: dict[int, np.ndarray] | None = field(default=None, repr=False)  # derived cache
+    owner: dict[int, str] = field(default_factory=dict)     # user -> node identity
+    keys: dict[int, str] = field(default_factory=dict)      # node -> key identity (authenticated)
+    _by_owner: dict[str, np.ndarray] | None = field(default=None, repr=False)  # derived cache
 
     # ------------------------------------------------------------------ per round
-    def connect(self, nodes: list[int]) -> None:
+    def connect(self, nodes: list[int], public_keys: dict[int, bytes] | None = None) -> None:
+        """This round's nodes and, with SuperNode authentication, their public keys."""
         self.online = set(nodes)
+        self.keys = {n: key_identity(k) for n, k in (public_keys or {}).items() if k}
+
+    def identity(self, node: int) -> str:
+        """Who ``node`` is: its public key when authenticated, else its (volatile) id."""
+        return self.keys.get(node) or f"node:{node}"
 
     def poll_targets(self, nodes: list[int], sampled: list[int], rnd: int, every: int) -> list[int]:
         """Nodes to poll for unshare requests: flagged ones, and those not sampled and not
@@ -78,35 +91,42 @@ class NodeRegistry:
 
     # ------------------------------------------------------------------ ownership
     def may_act_for(self, node: int, user: int) -> bool:
-        """A node may share/unshare for a user it owns, or that nobody responsive owns (a
-        restarted SuperNode comes back with a new node id and takes its users over, even
-        while its old id is still listed, once that id failed to answer)."""
+        """A node may share/unshare for a user it owns or nobody owns. A user bound to a key
+        stays with it; one bound to a bare node id is taken over once that id is gone or
+        failed to answer (a restarted SuperNode comes back with a new id)."""
         owner = self.owner.get(user)
-        return owner is None or owner == node or owner not in self.online \
-            or owner in self.unresponsive
+        if owner is None or owner == self.identity(node):
+            return True
+        return not self.is_bound(user) and (_node_of(owner) not in self.online
+                                            or _node_of(owner) in self.unresponsive)
+
+    def is_bound(self, user: int) -> bool:
+        """Whether ``user`` belongs to an authenticated node's key (never taken over)."""
+        return self.owner.get(user, "").startswith("key:")
 
     def claim(self, node: int, users) -> None:
+        identity = self.identity(node)
         for user in np.asarray(users).tolist():
-            self.owner[int(user)] = node
-        self._by_node = None
+            self.owner[int(user)] = identity
+        self._by_owner = None
 
     def release(self, users) -> None:
         """Users who share nothing any more belong to no node."""
         for user in np.asarray(users).tolist():
             self.owner.pop(int(user), None)
-        self._by_node = None
+        self._by_owner = None
 
     def is_owned(self, user: int) -> bool:
         return user in self.owner
 
     def users_of(self, node: int) -> np.ndarray:
         """Sorted int64 ids of the users ``node`` shares for."""
-        if self._by_node is None:
-            grouped: dict[int, list[int]] = {}
+        if self._by_owner is None:
+            grouped: dict[str, list[int]] = {}
             for user, owner in self.owner.items():
                 grouped.setdefault(owner, []).append(user)
-            self._by_node = {n: np.array(sorted(u), np.int64) for n, u in grouped.items()}
-        return self._by_node.get(node, np.zeros(0, np.int64))
+            self._by_owner = {n: np.array(sorted(u), np.int64) for n, u in grouped.items()}
+        return self._by_owner.get(self.identity(node), np.zeros(0, np.int64))
 
     # ------------------------------------------------------------------ durability
     def to_dict(self) -> dict:
@@ -114,4 +134,16 @@ class NodeRegistry:
 
     @classmethod
     def from_dict(cls, saved: dict) -> "NodeRegistry":
-        return cls(owner={int(u): int(n) for u, n in saved["owner"].items()})
+        """(States saved before identities held bare node ids.)"""
+        return cls(owner={int(u): n if isinstance(n, str) else f"node:{int(n)}"
+                          for u, n in saved["owner"].items()})
+
+
+def key_identity(public_key: bytes) -> str:
+    """A stable, printable identity for a SuperNode's public key."""
+    return "key:" + hashlib.sha256(public_key).hexdigest()[:32]
+
+
+def _node_of(identity: str) -> int | None:
+    """The node id of a ``node:<id>`` identity (None for a key)."""
+    return int(identity[5:]) if identity.startswith("node:") else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 from flwr.app import Message
@@ -25,7 +25,7 @@ from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC, Selection
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, content_bytes)
-from server_app.aggregation import NonFiniteTable
+from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.state import CatalogMismatch, ServerState
 from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
@@ -35,6 +35,7 @@ from server_app.withdrawal import Withdrawal
 log = logging.getLogger("flwr.fedshare")
 Tap = Callable[[str, Message], None]
 Replies = list[tuple[int, Message]]
+T = TypeVar("T")
 
 
 class FedShareStrategy:
@@ -123,16 +124,17 @@ class FedShareStrategy:
     def _withdraw(self, replies: Replies, stats: PhaseStats) -> Replies:
         """Judge the unshare requests riding on ``replies`` and carry them out (erased and
         durable before the rest of any reply is used); returns the replies still usable."""
-        catalog, usable = self.state.catalog, []
-        for node, reply in replies:
-            try:
-                rider = decode_withdrawals(reply.content)
-                if rider is not None and catalog is not None:
-                    requests = check_unshare(rider, catalog.num_users, catalog.num_items)
-                    stats.rejected += self.withdrawal.receive(node, requests)
-                usable.append((node, reply))
-            except ReplyError as exc:
-                stats.rejected.append(f"node {node}: unshare requests rejected: {exc}")
+        catalog = self.state.catalog
+
+        def receive(node: int, reply: Message) -> bool:
+            rider = decode_withdrawals(reply.content)
+            if rider is not None and catalog is not None:
+                requests = check_unshare(rider, catalog.num_users, catalog.num_items)
+                stats.rejected += self.withdrawal.receive(node, requests)
+            return True
+
+        usable = [(node, reply) for node, reply in replies
+                  if guarded(stats, node, "unshare requests", lambda: receive(node, reply))]
         stats.withdrawn += self.withdrawal.carry_out()
         return usable
 
@@ -154,14 +156,12 @@ class FedShareStrategy:
 
     def aggregate_share(self, replies: Replies, stats: PhaseStats, rnd: int) -> None:
         for node, reply in replies:
-            try:
-                self._apply_share(node, decode(ShareReply, reply.content), rnd)
-                stats.ok += 1
-            except (ReplyError, CatalogMismatch) as exc:
-                stats.rejected.append(f"node {node}: share rejected: {exc}")
+            stats.ok += guarded(stats, node, "share", lambda: self._apply_share(
+                node, decode(ShareReply, reply.content), rnd)) is not None
         self.state.persist_edges()  # durable before the counts are acknowledged
 
-    def _apply_share(self, node: int, reply: ShareReply, rnd: int) -> None:
+    def _apply_share(self, node: int, reply: ShareReply, rnd: int) -> np.ndarray:
+        """Add the shared pairs; returns the users the node now shares for."""
         state = self.state
         catalog = state.catalog
         pairs = check_share(reply, catalog and catalog.num_users, catalog and catalog.num_items)
@@ -172,6 +172,7 @@ class FedShareStrategy:
             raise ReplyError(f"claims users {foreign[:5]} that another node shares for")
         state.add_edges(pairs, rnd)
         state.registry.claim(node, users)
+        return users
 
     # ---------------------------------------------------------------- server graph
     def train_graph(self) -> tuple[float, float, float]:
@@ -196,12 +197,10 @@ class FedShareStrategy:
         """Per-row FedAvg of the valid updates; returns the example-weighted loss."""
         updates, losses, weights = [], [], []
         for node, reply in replies:
-            try:
-                train = decode(TrainReply, reply.content)
-                update = check_train(train, self.state.item_emb, self.train_bounds)
-            except ReplyError as exc:
-                stats.rejected.append(f"node {node}: train rejected: {exc}")
+            checked = guarded(stats, node, "train", lambda: self._check_train(node, reply))
+            if checked is None:
                 continue
+            train, update = checked
             updates.append(update)
             stats.rows_up += len(update.index)
             losses.append(train.loss)
@@ -214,6 +213,12 @@ class FedShareStrategy:
             stats.rejected.append(f"round's updates not applied: {exc}")
         return float(np.average(losses, weights=weights)) if sum(weights) else float("nan")
 
+    def _check_train(self, node: int, reply: Message) -> tuple[TrainReply, RowUpdate]:
+        train = decode(TrainReply, reply.content)
+        state = self.state
+        return train, check_train(train, state.item_emb, self.train_bounds,
+                                  state.catalog.num_users, len(state.registry.users_of(node)))
+
     # ---------------------------------------------------------------- evaluate phase
     def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
         return self._model_messages(nodes, EVALUATE, rnd, negatives=False)
@@ -222,11 +227,9 @@ class FedShareStrategy:
         """Metrics per split (``valid``, ``test``) over every valid reply."""
         total: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
         for node, reply in replies:
-            try:
-                sums = check_evaluate(decode(EvaluateReply, reply.content),
-                                      self.state.catalog.num_users)
-            except ReplyError as exc:
-                stats.rejected.append(f"node {node}: evaluate rejected: {exc}")
+            sums = guarded(stats, node, "evaluate", lambda: check_evaluate(
+                decode(EvaluateReply, reply.content), self.state.catalog.num_users))
+            if sums is None:
                 continue
             for split, values in sums.items():
                 for key, value in values.items():
@@ -272,8 +275,9 @@ class FedShareStrategy:
     def run_round(self, grid, rnd: int) -> RoundRecord:
         """One round; its record (the caller closes it with ``state.finish_round``)."""
         state = self.state
-        all_nodes = sorted(grid.get_node_ids())
-        state.registry.connect(all_nodes)
+        infos = list(grid.get_nodes())
+        all_nodes = sorted(int(info.node_id) for info in infos)
+        state.registry.connect(all_nodes, {int(i.node_id): bytes(i.public_key) for i in infos})
         nodes = self.sample(all_nodes)
         record, edges_before = RoundRecord(rnd), state.edges
         self._phase(grid, record, "unshare",
@@ -339,6 +343,22 @@ def selection(history: list[RoundRecord], patience: int = 0) -> Selection:
         if record.valid_metrics.get("num-users", 0) > 0:
             chosen = chosen.observe(record.round, record.valid_metrics, record.metrics)
     return chosen
+
+
+def guarded(stats: PhaseStats, node: int, what: str, handle: Callable[[], T]) -> T | None:
+    """``handle()`` for one node's reply, or None when it fails: any failure rejects that
+    reply (recorded in ``stats`` with the node and the reason) and never the round or the
+    server. Expected failures (a bad reply) give their message; anything else is also logged
+    with its traceback, since it is a gap in validation."""
+    try:
+        return handle()
+    except (ReplyError, CatalogMismatch) as exc:
+        stats.rejected.append(f"node {node}: {what} rejected: {_excerpt(str(exc))}")
+    except Exception as exc:  # noqa: BLE001 - one reply must not take the server down
+        log.exception("node %s: %s reply raised", node, what)
+        stats.rejected.append(f"node {node}: {what} rejected: unexpected "
+                              f"{type(exc).__name__}: {_excerpt(str(exc))}")
+    return None
 
 
 def _share_of(fraction: float, count: int) -> int:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from common.protocol import (EvaluateReply, ProtocolError, ShareReply, TrainReply,
                              UnshareReply)
+from common.parsing import MAX_CATALOG   # users or items a federation may claim
 from server_app.aggregation import RowUpdate
 
 MAX_SHARE_PAIRS = 5_000_000
-MAX_CATALOG = 100_000_000        # users or items a federation may claim
 MAX_EXAMPLES = 1_000_000_000     # training samples one node may report for a round
 ADAM_STEP_BOUND = 3.2            # |Adam step| <= lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.17 lr
 
@@ -87,9 +87,16 @@ class TrainBounds:
         return ADAM_STEP_BOUND * self.lr * steps * math.sqrt(dim)
 
 
-def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds) -> RowUpdate:
-    """The row update of a train reply: shapes, ids, finiteness, positive counts no larger
-    than the reported samples can produce, and each row's change within ``bounds``."""
+def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds,
+                num_users: int | None = None, owned: int = 0) -> RowUpdate:
+    """The row update of a train reply: shapes, ids, finiteness, claims no larger than the
+    node's users could have produced, and each row's change within ``bounds``.
+
+    ``num_users``: the federation's users; ``owned``: users the server knows the node shares
+    for. The node's ``num-users`` must lie between the two, ``num-examples`` within what that
+    many users can train on (each item at most once per user and epoch), and each row's
+    count is clipped to what they can produce (a positive per user and epoch, and as many
+    negatives): a node cannot buy weight in the average by claiming more."""
     num_items, dim = table.shape
     index, values, counts = reply.index, reply.values, reply.counts
     if values.shape != (len(index), dim) or counts.shape != (len(index),):
@@ -102,15 +109,27 @@ def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds) -> Ro
         raise ReplyError("NaN or Inf in update")
     if len(counts) and counts.min() <= 0:
         raise ReplyError("non-positive row counts")
-    if not 0 <= reply.num_examples <= MAX_EXAMPLES:
-        raise ReplyError(f"num-examples {reply.num_examples} outside [0, {MAX_EXAMPLES}]")
+    users = _check_claimed_users(reply.num_users, owned, num_users or MAX_CATALOG)
+    most = min(MAX_EXAMPLES, bounds.epochs * users * num_items)
+    if not 0 <= reply.num_examples <= most:
+        raise ReplyError(f"num-examples {reply.num_examples} outside [0, {most}] "
+                         f"({users} users, {num_items} items, {bounds.epochs} epochs)")
     if counts.astype(np.float64).sum() > 2 * reply.num_examples + 0.5:  # a positive + a negative each
         raise ReplyError("row counts exceed what num-examples can produce")
     change = np.linalg.norm(values.astype(np.float64) - table[index], axis=1)
     limit = bounds.row_change(reply.num_examples, dim)
     if len(change) and change.max() > limit:
         raise ReplyError(f"row change {change.max():.3g} beyond the bound {limit:.3g}")
-    return RowUpdate(index, values, counts)
+    return RowUpdate(index, values, np.minimum(counts, 2.0 * bounds.epochs * users))
+
+
+def _check_claimed_users(claimed: int, owned: int, federation: int) -> int:
+    """The node's ``num-users``: at least the users it shares for, at most the federation's."""
+    least = max(1, owned)
+    if not least <= claimed <= federation:
+        raise ReplyError(f"num-users {claimed} outside [{least}, {federation}] (the node "
+                         f"shares for {owned} users; the federation has {federation})")
+    return claimed
 
 
 def check_evaluate(reply: EvaluateReply, num_users: int) -> dict[str, dict[str, float]]:

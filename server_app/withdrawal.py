@@ -153,6 +153,9 @@ class Withdrawal:
         registry, edges = self.state.registry, self.state.edges
         if not registry.is_owned(user):
             return UnshareAnswer(request_id, True, f"user {user} shares nothing with the server")
+        if not registry.may_act_for(node, user) and registry.is_bound(user):
+            return UnshareAnswer(request_id, True, f"user {user} is bound to another "
+                                 "SuperNode's key; only that node can withdraw for them")
         if not registry.may_act_for(node, user):
             return UnshareAnswer(request_id, False, f"user {user} is shared by another node "
                                  f"({registry.owner[user]}) that is still connected; the "

@@ -89,8 +89,8 @@ MALFORMED = [
     ("train.txt", "0 1 2\n1 2\n2 -3\n", 3, "negative item id"),
     ("train.txt", "0 1 2\n-1 2\n", 2, "negative user id"),
     ("train.txt", "0 1 2\n1 2.0\n", 2, "non-integer item id"),
-    ("train.txt", "0 1\n1 99999999999999999999999\n", 2, "too large"),
-    ("u.data", "1\t2\t3\t4\n9007199254740993\t2\t3\t4\n", 2, "user id '9007199254740993' is too large"),
+    ("train.txt", "0 1\n1 99999999999999999999999\n", 2, "implausibly large"),
+    ("u.data", "1\t2\t3\t4\n9007199254740993\t2\t3\t4\n", 2, "user id '9007199254740993' is implausibly large"),
     ("train.txt", "", 1, "empty"),
 ]
 READERS = {"u.data": read_ml100k, "ratings.dat": read_ml1m, "train.txt": read_lightgcn}

@@ -90,7 +90,25 @@ MALFORMED = [
     ("r.csv", "user,item,time\n1,2,3\n1,2,yesterday\n", 3, "neither a number nor an ISO date"),
     ("r.tsv", "", 1, "empty"),
     ("r.tsv", "user\titem\n", 2, "no data lines"),
+    # index formats: ids are row numbers, so one of 10^8 or more is corrupt (a catalog of 10^11)
+    ("train.txt", "0 1 2\n1 100000000000 3\n", 2, "item id '100000000000' is implausibly large"),
+    ("train.txt", "1:3 4\n100000000:5\n", 2, "user id '100000000' is implausibly large"),
 ]
+
+
+@pytest.mark.parametrize("name,content", [
+    ("train.txt", "0 1 2\n1 " + "7x" * 500_000 + "\n"),
+    ("r.csv", "user,item,rating\n1,2," + "9e" * 500_000 + "\n"),
+    ("x.inter", "user_id:token\titem_id:token\t" + "h" * 10**6 + "\n1\t2\t3\n"),
+])
+def test_errors_quote_a_short_excerpt_of_a_huge_field(tmp_path: Path, name: str,
+                                                      content: str) -> None:
+    path = write(tmp_path / name, content)
+    with pytest.raises(DataFormatError) as info:
+        read_interactions(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: " if name != "x.inter" else f"{path}:1: ")
+    assert len(message) < len(str(path)) + 200 and "characters)" in message, message
 
 
 @pytest.mark.parametrize("name,content,line,what", MALFORMED)

@@ -117,6 +117,7 @@ def test_structural_errors_are_named(changes, reason):
 
 def test_pending_flags_must_be_bits():
     content = PAYLOADS[6].to_content()
-    content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "pending-sharing": 2})
+    content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "num-users": 1,
+                                     "pending-sharing": 2})
     with pytest.raises(ProtocolError, match="0 or 1"):
         TrainReply.from_content(content)

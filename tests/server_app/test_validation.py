@@ -20,7 +20,8 @@ BOUNDS = TrainBounds(epochs=1, lr=0.01, batch_size=4)   # 10 samples: 3 steps ->
 def _train(index=GOOD_INDEX, values=None, counts=None, **metrics):
     values = np.full((len(index), 4), 0.05, np.float32) if values is None else values
     counts = np.ones(len(index), np.float32) if counts is None else counts
-    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False)
+    return TrainReply(index, values, counts, 0.5, metrics.get("num_examples", 10), False,
+                      num_users=metrics.get("num_users", 4))
 
 
 def test_good_train_reply_passes():
@@ -37,6 +38,8 @@ def test_good_train_reply_passes():
     ({"counts": np.array([1, 0], np.float32)}, "non-positive"),
     ({"num_examples": -1}, "num-examples -1 outside"),
     ({"num_examples": 10**12}, "outside"),
+    ({"num_examples": 21}, r"num-examples 21 outside \[0, 20\] \(4 users, 5 items"),
+    ({"num_users": 0}, "num-users 0 outside"),
     ({"values": np.full((2, 4), 1e30, np.float32)}, "row change .* beyond the bound"),
     ({"values": np.full((2, 4), 0.2, np.float32)}, "beyond the bound 0.192"),
     ({"counts": np.array([3e38, 1], np.float32)}, "counts exceed what num-examples"),
@@ -45,6 +48,17 @@ def test_good_train_reply_passes():
 def test_bad_train_reply_rejected_with_reason(kwargs, reason):
     with pytest.raises(ReplyError, match=reason):
         check_train(_train(**kwargs), TABLE, BOUNDS)
+
+
+def test_claims_are_bounded_by_the_users_the_node_could_have():
+    # 3 users known to share on the node: it cannot claim fewer; nor more than the federation
+    with pytest.raises(ReplyError, match=r"num-users 2 outside \[3, 50\]"):
+        check_train(_train(num_users=2), TABLE, BOUNDS, num_users=50, owned=3)
+    with pytest.raises(ReplyError, match=r"num-users 51 outside \[1, 50\]"):
+        check_train(_train(num_users=51), TABLE, BOUNDS, num_users=50)
+    # a row's weight is at most a positive and a negative per user and epoch
+    update = check_train(_train(counts=np.array([14, 6], np.float32), num_users=2), TABLE, BOUNDS)
+    assert update.counts.tolist() == [4.0, 4.0]
 
 
 def test_row_change_bound_is_configurable_and_derived_from_local_steps():
