@@ -71,6 +71,17 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _id(text: str) -> int:
+    """A user or item id: a non-negative integer that fits the ledger's int64 arrays."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer id: {text[:40]!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"id {text[:40]} outside [0, 2^63)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m client_app.cli",
                                      description=__doc__.splitlines()[0])
@@ -81,16 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         command = sub.add_parser(name, help=text)
         command.add_argument("--state-dir", required=True)
-        command.add_argument("--user", type=int, required=True)
+        command.add_argument("--user", type=_id, required=True)
         which = command.add_mutually_exclusive_group(required=True)
         if name != "set-ratio":
-            which.add_argument("--items", type=int, nargs="+")
+            which.add_argument("--items", type=_id, nargs="+")
         if name == "unshare":
             which.add_argument("--all", action="store_true")
         which.add_argument("--ratio", type=float)
     status = sub.add_parser("status", help="show shared counts and requests")
     status.add_argument("--state-dir", required=True)
-    status.add_argument("--user", type=int)
+    status.add_argument("--user", type=_id)
     return parser
 
 
@@ -100,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args) if args.command == "status" else _apply(args)
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # e.g. a full disk: the atomic write left the old ledger in place
+        print(f"error: could not update the ledger in {args.state_dir}: {exc.strerror or exc} "
+              "(nothing was changed)", file=sys.stderr)
         return 2
 
 

@@ -26,9 +26,10 @@ import json
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.atomic import atomic_write_json
 
@@ -228,28 +229,63 @@ def save_ledger(state_dir: Path, ledger: Ledger) -> None:
         "schedules_applied": list(ledger.schedules_applied)})
 
 
+Id = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class _UserEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    shared: list[Id] = []
+    withdrawn: list[Id] | None = None        # None: version 2 (withdrawn items in requests)
+    order: list[Id] = []
+    own: bool = False
+
+
+class _RequestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")]
+    user: Id
+    items: list[Id]
+    status: Literal["pending", "done", "refused"]
+    reason: Annotated[str, Field(max_length=10_000)] = ""
+
+
+class _LedgerFile(BaseModel):
+    """The ledger file's schema: a file that does not follow it is refused, naming the field."""
+    model_config = ConfigDict(extra="forbid")
+    version: int = LEDGER_VERSION
+    policy: str
+    users: dict[Annotated[str, Field(pattern=r"^[0-9]{1,19}$")], _UserEntry]
+    requests: list[_RequestEntry] = []
+    schedules_applied: list[str] = []
+
+
 def _parse(raw: dict) -> Ledger:
-    users = {int(u): entry for u, entry in raw["users"].items()}
-    requests = tuple(UnshareRequest(int(r["id"]), int(r["user"]),
-                                    np.asarray(r["items"], dtype=np.int64), str(r["status"]),
-                                    str(r.get("reason", "")))
-                     for r in raw.get("requests", []))
-    table = lambda key: {u: np.asarray(e[key], dtype=np.int64) for u, e in users.items()
-                         if key in e}
+    file = _LedgerFile.model_validate(raw)
+    users = {int(u): entry for u, entry in file.users.items()}
+    requests = tuple(UnshareRequest(int(r.id), r.user, np.asarray(r.items, dtype=np.int64),
+                                    r.status, r.reason) for r in file.requests)
+    table = lambda key: {u: np.asarray(getattr(e, key), dtype=np.int64)
+                         for u, e in users.items() if getattr(e, key) is not None}
     withdrawn = table("withdrawn")
     for request in requests:  # version 2 kept withdrawn items only in the requests
-        if "withdrawn" not in users.get(request.user, {"withdrawn": 0}):
+        entry = users.get(request.user)
+        if entry is None or entry.withdrawn is None:
             withdrawn[request.user] = np.union1d(withdrawn.get(request.user, EMPTY), request.items)
-    return Ledger(str(raw["policy"]), table("shared"), requests,
-                  tuple(raw.get("schedules_applied", [])), withdrawn, table("order"),
-                  frozenset(u for u, e in users.items() if e.get("own")))
+    return Ledger(file.policy, table("shared"), requests, tuple(file.schedules_applied),
+                  withdrawn, table("order"), frozenset(u for u, e in users.items() if e.own))
 
 
 def read_ledger(state_dir: Path) -> Ledger:
     path = Path(state_dir) / LEDGER_FILE
     try:
         return _parse(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        raise LedgerError(f"sharing ledger {path} is malformed at {where}: {first['msg']}"
+                          + (f" (and {exc.error_count() - 1} more problems)"
+                             if exc.error_count() > 1 else "")) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise LedgerError(f"sharing ledger {path} is unreadable: {exc}") from None
 
 
@@ -258,9 +294,13 @@ def ledger_exists(state_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path):
-    """Exclusive lock: the ClientApp and the CLI may update the same ledger concurrently."""
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
+def _locked(state_dir: Path, create: bool):
+    """Exclusive lock: the ClientApp and the CLI may update the same ledger concurrently.
+    Only the node creates its state folder (a mistyped ``--state-dir`` must not)."""
+    if create:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+    elif not Path(state_dir).is_dir():
+        raise LedgerError(f"no node state folder {state_dir} (check --state-dir)")
     with open(Path(state_dir) / ".ledger.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -274,7 +314,7 @@ def update_ledger(state_dir: Path, change: Callable[[Ledger], Ledger],
     """Read, change and durably write the ledger under the lock; returns the new ledger.
 
     Without a ledger on disk, ``create()`` makes the first one (else :class:`LedgerError`)."""
-    with _locked(state_dir):
+    with _locked(state_dir, create is not None):
         if ledger_exists(state_dir):
             before = read_ledger(state_dir)
         elif create is not None:

@@ -2,6 +2,9 @@
 private until the user shares it again explicitly."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -109,3 +112,47 @@ def test_version_2_ledgers_keep_their_withdrawals(tmp_path):
     assert ledger.withdrawn[3].tolist() == [10] and ledger.requests[0].status != PENDING
     save_ledger(tmp_path, ledger)
     assert read_ledger(tmp_path).withdrawn[3].tolist() == [10]
+
+
+@pytest.mark.parametrize("users,where", [
+    ([1, 2], "malformed at users: Input should be a valid dictionary"),
+    ({"3": {"shared": [[10]]}}, "malformed at users.3.shared.0"),
+    ({"3": {"shared": [10], "order": [-1]}}, "malformed at users.3.order.0"),
+    ({"x": {"shared": [10]}}, "malformed at users.x"),
+])
+def test_a_malformed_ledger_is_refused_naming_the_field(tmp_path, capsys, users, where):
+    (tmp_path / LEDGER_FILE).write_text(json.dumps({"version": 3, "policy": "p", "users": users}))
+    with pytest.raises(LedgerError, match=where):
+        read_ledger(tmp_path)
+    assert cli.main(["status", "--state-dir", str(tmp_path)]) == 2
+    assert where in capsys.readouterr().err
+
+
+def test_cli_refuses_ids_beyond_int64_and_a_mistyped_state_dir(tmp_path, capsys):
+    _made(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["share", "--state-dir", str(tmp_path), "--user", "3",
+                  "--items", str(2**64)])
+    assert exit_info.value.code == 2 and "outside [0, 2^63)" in capsys.readouterr().err
+    typo = tmp_path / "no-such-node"
+    assert cli.main(["unshare", "--state-dir", str(typo), "--user", "3", "--all"]) == 2
+    assert "no node state folder" in capsys.readouterr().err and not typo.exists()
+
+
+def test_cli_on_a_full_disk_reports_it_and_keeps_the_ledger(tmp_path):
+    """A write that cannot complete (here: a file-size limit of 64 bytes, which fails the
+    write like a full disk) is an error message, and the old ledger stays as it was."""
+    _made(tmp_path)
+    before = (tmp_path / LEDGER_FILE).read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+        from client_app import cli
+        sys.exit(cli.main(["share", "--state-dir", {str(tmp_path)!r}, "--user", "3",
+                           "--items", "14"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "could not update the ledger" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / LEDGER_FILE).read_bytes() == before

@@ -128,3 +128,14 @@ def test_evaluate_reply_checks():
     content["test"] = MetricRecord({**good, "recall@20": [0.1, 0.2]})
     with pytest.raises(ReplyError, match="must be a number"):
         decode(EvaluateReply, content)
+
+
+def test_any_failure_handling_a_reply_rejects_only_that_reply():
+    from server_app.records import PhaseStats
+    from server_app.strategy import guarded
+    stats = PhaseStats()
+    assert guarded(stats, 7, "train", lambda: {}["missing"]) is None
+    assert guarded(stats, 8, "train", lambda: (_ for _ in ()).throw(ReplyError("bad"))) is None
+    assert guarded(stats, 9, "train", lambda: 42) == 42
+    assert stats.rejected == ["node 7: train rejected: unexpected KeyError: 'missing'",
+                              "node 8: train rejected: bad"]
