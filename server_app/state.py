@@ -270,6 +270,8 @@ class ServerState:
         self.snapshots = saved["snapshots"]
         self.unlearning = None if saved["unlearning"] is None else UnlearningTask(**saved["unlearning"])
         self.taint = Taint(**saved["taint"]) if saved.get("taint") else None
+        if self.graph is not None:   # derived: a restarted server serves the same views
+            self.refresh_views()
 
     def clone(self, cfg: RunConfig, state_dir: Path) -> "ServerState":
         """An independent in-memory copy running under ``cfg`` and saving to ``state_dir``."""

@@ -130,7 +130,7 @@ class FedShareStrategy:
             rider = decode_withdrawals(reply.content)
             if rider is not None and catalog is not None:
                 requests = check_unshare(rider, catalog.num_users, catalog.num_items)
-                stats.rejected += self.withdrawal.receive(node, requests)
+                stats.rejected += _at_most(self.withdrawal.receive(node, requests), node)
             return True
 
         usable = [(node, reply) for node, reply in replies
@@ -359,6 +359,15 @@ def guarded(stats: PhaseStats, node: int, what: str, handle: Callable[[], T]) ->
         stats.rejected.append(f"node {node}: {what} rejected: unexpected "
                               f"{type(exc).__name__}: {_excerpt(str(exc))}")
     return None
+
+
+def _at_most(messages: list[str], node: int, most: int = 10) -> list[str]:
+    """The first ``most`` of one node's refusals and a count of the rest (a reply with 10^5
+    refused requests must not put 10^5 lines into the round record and the checkpoint)."""
+    if len(messages) <= most:
+        return messages
+    return messages[:most] + [f"node {node}: and {len(messages) - most} more requests "
+                              "refused or deferred"]
 
 
 def _share_of(fraction: float, count: int) -> int:

@@ -9,6 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
 from harness.inprocess import InProcessGrid
+from harness.session import new_session, restart
 from client_app.cli import main as cli
 from client_app.ledger import read_ledger
 from common.config import load_config
@@ -68,6 +69,14 @@ def _set_update(**arrays):
     return tamper
 
 
+def _set_metrics(**values):
+    def tamper(reply):
+        metrics = dict(reply.content.metric_records["metrics"])
+        metrics.update(values)
+        reply.content["metrics"] = MetricRecord(metrics)
+    return tamper
+
+
 TRAIN_CASES = {
     "nan": (_set_update(values=lambda u: np.full_like(u["values"], np.nan)), "NaN or Inf"),
     "inf": (_set_update(counts=lambda u: np.full_like(u["counts"], np.inf)), "NaN or Inf"),
@@ -79,6 +88,9 @@ TRAIN_CASES = {
     "huge-values": (_set_update(values=lambda u: np.full_like(u["values"], 1e30)), "beyond the bound"),
     "huge-counts": (_set_update(counts=lambda u: np.full_like(u["counts"], 3e38)),
                     "counts exceed what num-examples"),
+    # weight bought by claiming more samples than the node's users can have (within the old cap)
+    "inflated-examples": (_set_metrics(**{"num-examples": 10**8}), "num-examples 100000000 outside"),
+    "more-users-than-the-federation": (_set_metrics(**{"num-users": 10**6}), "num-users 1000000 outside"),
 }
 
 
@@ -195,3 +207,14 @@ def test_a_run_whose_nodes_cannot_read_their_data_fails_with_the_reason(tmp_path
     cfg = _cfg(tmp_path, **{"data-dir": str(tmp_path / "no-such-folder"), "num-rounds": 2})
     with pytest.raises(RuntimeError, match="every round was skipped.*no-such-folder"):
         run_fedshare(InProcessGrid(cfg.as_dict(), 2), cfg)
+
+
+def test_a_restarted_server_serves_the_models_it_saved(tmp_path):
+    """Evaluating right after a restart scores as before it (the graph views are derived
+    from the saved model, not left empty until the next round trains it)."""
+    cfg = _cfg(tmp_path, **{"sharing-ratio": 0.5})
+    session = new_session(cfg, 3, tmp_path / "fed")
+    session.run_rounds(2)
+    before = session.evaluate()
+    after = restart(session).evaluate()
+    assert after["ndcg@20"] == pytest.approx(before["ndcg@20"], abs=1e-6)

@@ -1,0 +1,246 @@
+"""Soak: a federation of honest and hostile nodes, with consent churn and server kills.
+
+    python bench/soak.py --dataset ml-100k --nodes 20 --hostile-fraction 0.1 --rounds 30 \\
+        --out bench/out/soak-ml-100k.json
+
+Two runs with the same seed, config and consent churn (honest users sharing more and
+withdrawing at random, through their ledgers as the CLI does):
+
+* **honest**: every node honest;
+* **hostile**: ``--hostile-fraction`` of the nodes alter each reply with probability
+  ``--attack-rate`` by an attack drawn from ``harness.hostile.ATTACKS`` (non-finite,
+  overflowing and out-of-range values, inflated claims, forged catalogs, claims on other
+  nodes' users, unshare floods, wrong types); and the ServerApp is killed ``--kills`` times
+  mid-round (an exception at a random message push, as a crash would leave it) and
+  restarted from its checkpoint, plus a clean restart every ``--restart-every`` rounds.
+
+Reported: rounds completed, server crashes (an exception that was not an injected kill),
+poisoned rounds (a non-finite or exploding item table or graph model after a round), every
+attack applied and whether the reply was rejected with a message naming the node, the
+rejections by reason, final and best-validation NDCG@20 of both runs, and the consent
+check: every request the server acknowledged (``done``) is absent from the edge store, and
+none is lost. In-process (harness/inprocess.py: the real strategy and ClientApp, messages
+serialised both ways); the transport is covered by the deployment tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common_args import print_table, write_json  # noqa: E402
+from client_app.ledger import DONE, read_ledger, update_ledger  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.manifest import run_manifest  # noqa: E402
+from harness.hostile import HostileGrid  # noqa: E402
+from harness.inprocess import InProcessGrid  # noqa: E402
+from harness.session import Session, new_session, restart  # noqa: E402
+from server_app.strategy import selection  # noqa: E402
+
+PHASE_OF = {"train": "train", "evaluate": "evaluate", "query.share": "share",
+            "query.unshare": "unshare"}
+POISON_BOUND = 1e3   # |entry| of an item table or server model that no honest round reaches
+
+
+class Kill(RuntimeError):
+    """An injected ServerApp crash."""
+
+
+def churn(session: Session, honest: list[int], rng: np.random.Generator, rate: float) -> int:
+    """Honest users change their sharing (share more / withdraw some), as with the CLI."""
+    changes = 0
+    for pid in honest:
+        node_dir = session.node_dirs()[pid]
+        if rng.random() >= rate:
+            continue
+        ledger = read_ledger(node_dir)
+        users = sorted(ledger.order)
+        user = users[int(rng.integers(len(users)))]
+        shared = ledger.shared.get(user, np.zeros(0, np.int64))
+        if len(shared) and rng.random() < 0.5:
+            items = shared[rng.random(len(shared)) < 0.3][:20]
+            update_ledger(node_dir, lambda led: led.unshare(user, items)[0] if len(items) else led)
+        else:
+            update_ledger(node_dir, lambda led: led.raise_ratio(user, min(1.0, 0.2 + rng.random())))
+        changes += 1
+    return changes
+
+
+def poisoned(session: Session) -> bool:
+    state = session.state
+    tables = [torch.from_numpy(state.item_emb)]
+    if state.model is not None:
+        tables += list(state.model.tables().values())
+    return any(not torch.isfinite(t).all() or t.abs().max() > POISON_BOUND for t in tables)
+
+
+def arm_kill(grid: HostileGrid, rng: np.random.Generator) -> None:
+    """The ServerApp dies at a random one of the round's first pushes."""
+    countdown = [int(rng.integers(1, 5))]
+    push = grid.push_messages
+
+    def dying_push(messages):
+        countdown[0] -= 1
+        if countdown[0] == 0:
+            raise Kill("injected ServerApp kill")
+        return push(messages)
+    grid.push_messages = dying_push
+
+
+def _grid_type(args, hostile: set[int], shared: dict, catalog: tuple[int, int]):
+    """New grids (after a restart) continue the attack log and random stream."""
+    def make(run_config, num_nodes, node_state_dirs=None):
+        grid = HostileGrid(run_config, num_nodes, node_state_dirs, hostile=hostile,
+                           rate=args.attack_rate, seed=args.seed, catalog=catalog)
+        if shared:
+            grid.rng, grid.applied = shared["rng"], shared["applied"]
+        shared.update(rng=grid.rng, applied=grid.applied)
+        return grid
+    return make
+
+
+def run(args, cfg, workdir: Path, hostile: set[int]) -> dict:
+    shared: dict = {}
+    data = cfg.load_data()
+    make = _grid_type(args, hostile, shared, (data.num_users, data.num_items))
+    session = new_session(cfg, args.nodes, workdir, grid_type=make)
+    honest = [pid for pid in range(args.nodes) if pid + 1 not in hostile]
+    rng = np.random.default_rng(args.seed)
+    kill_rounds = set(rng.choice(np.arange(2, args.rounds), args.kills, replace=False).tolist()) \
+        if hostile and args.kills else set()
+    crashes, kills, poisoned_rounds, restarts, changes = [], 0, 0, 0, 0
+    start = time.perf_counter()
+    while session.next_round <= args.rounds:
+        rnd = session.next_round
+        if rnd > 1:
+            changes += churn(session, honest, rng, args.churn_rate)
+        if rnd in kill_rounds:
+            kill_rounds.discard(rnd)
+            arm_kill(session.grid, rng)
+        try:
+            session.run_rounds(1)
+        except Kill:
+            kills += 1
+        except Exception as exc:  # a crash the soak is looking for
+            crashes.append(f"round {rnd}: {type(exc).__name__}: {exc}"[:300])
+        poisoned_rounds += poisoned(session)
+        restart_due = hostile and args.restart_every and rnd % args.restart_every == 0
+        if session.next_round == rnd or restart_due:     # killed or crashed: from disk
+            session = restart(session, grid_type=make)
+            restarts += 1
+    return {"session": session, "crashes": crashes, "kills": kills, "restarts": restarts,
+            "poisoned_rounds": poisoned_rounds, "consent_changes": changes,
+            "seconds": time.perf_counter() - start, "applied": shared.get("applied", [])}
+
+
+def attack_table(applied, history) -> list[dict]:
+    """Per attack: how often applied, how often the reply was rejected naming the node."""
+    records = {r.round: r for r in history}
+    rows: dict[str, dict] = {}
+    for a in applied:
+        row = rows.setdefault(f"{PHASE_OF[a.kind]}:{a.attack}",
+                              {"attack": f"{PHASE_OF[a.kind]}:{a.attack}", "applied": 0,
+                               "rejected": 0, "example": ""})
+        row["applied"] += 1
+        record = records.get(a.round)
+        phase = record.phases.get(PHASE_OF[a.kind]) if record else None
+        named = [m for m in (phase.rejected if phase else []) if m.startswith(f"node {a.node}:")]
+        row["rejected"] += bool(named)
+        row["example"] = row["example"] or (named[0][:160] if named else "")
+    return sorted(rows.values(), key=lambda r: r["attack"])
+
+
+def reasons(history) -> dict[str, int]:
+    """Rejections by reason (numbers blanked), over every phase of every round."""
+    counts: Counter = Counter()
+    for record in history:
+        for phase in record.phases.values():
+            for message in phase.rejected:
+                text = message.split(": ", 1)[-1]
+                counts[re.sub(r"[-+]?\d[\d.e+-]*", "N", text)[:120]] += 1
+    return dict(counts.most_common())
+
+
+def consent_check(session: Session) -> dict:
+    """Acknowledged withdrawals are erased; nothing acknowledged is lost."""
+    edges = session.state.edges
+    done = pending = still_held = 0
+    for node_dir in session.node_dirs():
+        for request in read_ledger(node_dir).requests:
+            if request.status == DONE:
+                done += 1
+                held = edges is not None and edges.contains(
+                    np.full(len(request.items), request.user), request.items).any()
+                still_held += bool(held)
+            pending += request.status == "pending"
+    return {"acknowledged": done, "pending_at_end": pending, "acknowledged_but_held": still_held}
+
+
+def quality(session: Session) -> dict:
+    """Test NDCG@20 of the final models, evaluated by every node answering honestly (the
+    measurement is not part of the attack), and at the best validation round."""
+    chosen = selection(session.state.history)
+    final = restart(session, grid_type=InProcessGrid).evaluate()
+    best = chosen.best_test or {}
+    return {"ndcg@20_final": final.get("ndcg@20", float("nan")),
+            "ndcg@20_best_valid": best.get("ndcg@20", float("nan")), "best_round": chosen.best_step}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--hostile-fraction", type=float, default=0.1)
+    parser.add_argument("--attack-rate", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--restart-every", type=int, default=7)
+    parser.add_argument("--churn-rate", type=float, default=0.3)
+    parser.add_argument("--max-users", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-config", default="", help="extra k=v,k=v run config")
+    parser.add_argument("--out", default="bench/out/soak.json")
+    args = parser.parse_args(argv)
+    overrides = dict(kv.split("=", 1) for kv in args.run_config.split(",") if kv)
+    cfg = load_config({"dataset": args.dataset, "max-users": args.max_users, "seed": args.seed,
+                       "num-rounds": args.rounds, "fraction-train": 1.0, "eval-every": 5,
+                       "round-timeout": 60.0, "unshare-poll-every": 1, **overrides})
+    count = max(1, round(args.hostile_fraction * args.nodes)) if args.hostile_fraction > 0 else 0
+    hostile = set(np.random.default_rng([args.seed, 7]).choice(
+        np.arange(1, args.nodes + 1), count, replace=False).tolist())
+    rows, result = [], {"manifest": run_manifest(cfg.as_dict(), args.seed, cfg.data_fingerprint()),
+                        "args": vars(args), "hostile_nodes": sorted(hostile)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, nodes in (("honest", set()), ("hostile", hostile)):
+            out = run(args, cfg, Path(tmp) / name, nodes)
+            session = out.pop("session")
+            row = {"run": name, "rounds": len(session.state.history),
+                   "server_crashes": len(out["crashes"]), "kills": out["kills"],
+                   "restarts": out["restarts"], "poisoned_rounds": out["poisoned_rounds"],
+                   "consent_changes": out["consent_changes"], "seconds": round(out["seconds"], 1),
+                   **quality(session), **consent_check(session)}
+            rows.append(row)
+            result[name] = {**row, "crashes": out["crashes"], "reasons": reasons(session.state.history),
+                            "attacks": attack_table(out["applied"], session.state.history)}
+    honest_ndcg = rows[0]["ndcg@20_final"]
+    result["ndcg_ratio_final"] = rows[1]["ndcg@20_final"] / honest_ndcg if honest_ndcg else float("nan")
+    print_table(rows, list(rows[0]))
+    print_table(result["hostile"]["attacks"], ["attack", "applied", "rejected", "example"])
+    print(f"hostile/honest final NDCG@20: {result['ndcg_ratio_final']:.4f}")
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
