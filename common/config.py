@@ -64,6 +64,8 @@ class RunConfig(BaseModel):
     batch_size: int = Field(1024, ge=1)
     reg: float = Field(1e-4, ge=0.0)
     max_row_change: float = Field(0.0, ge=0.0)
+    # the dataset fingerprint every node must report ("": the first node's fixes it)
+    data_fingerprint_expected: str = Field("", alias="data-fingerprint", max_length=128)
     torch_threads: int = Field(1, ge=1)
     fusion: Literal["sum", "concat", "weighted"] = "weighted"
     # personalized sharing

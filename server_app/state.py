@@ -95,7 +95,13 @@ class ServerState:
         self.reset_models()
 
     def check_catalog(self, reported: Catalog) -> None:
-        """The first report fixes the federation's catalog; later ones must agree."""
+        """The first report fixes the federation's catalog; later ones must agree. With
+        ``data-fingerprint`` set, even the first must name that dataset (a hostile first
+        node cannot fix a forged catalog that every honest node is then refused against)."""
+        expected = self.cfg.data_fingerprint_expected
+        if expected and reported.fingerprint != expected:
+            raise CatalogMismatch(f"node data fingerprint {reported.fingerprint[:64]!r} is not "
+                                  f"the run's data-fingerprint {expected!r}")
         if self.catalog is None:
             self.initialize(reported)
         elif reported != self.catalog:

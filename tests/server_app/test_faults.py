@@ -218,3 +218,24 @@ def test_a_restarted_server_serves_the_models_it_saved(tmp_path):
     before = session.evaluate()
     after = restart(session).evaluate()
     assert after["ndcg@20"] == pytest.approx(before["ndcg@20"], abs=1e-6)
+
+
+def test_with_the_expected_fingerprint_even_the_first_node_cannot_forge_the_catalog(tmp_path):
+    def forged(reply):
+        reply.content["catalog"] = ConfigRecord({"fingerprint": "forged"})
+    expected = load_config({"max-users": 60}).load_data().fingerprint
+    cfg = _cfg(tmp_path, **{"data-fingerprint": expected})
+    # node 1 answers first: without the key its forged catalog would become the federation's
+    records, state = _run_round(cfg, TamperingGrid(cfg, "query.share", forged), rounds=1)
+    share = records[0].phases["share"]
+    assert share.ok == 2 and state.catalog.fingerprint == expected
+    assert [r for r in share.rejected if r.startswith("node 1:")] == [
+        "node 1: share rejected: node data fingerprint 'forged' is not the run's "
+        f"data-fingerprint {expected!r}"]
+
+
+def test_a_run_whose_sharing_file_is_bad_fails_with_the_reason(tmp_path):
+    (tmp_path / "sharing.json").write_text("garbage line")
+    cfg = _cfg(tmp_path, **{"sharing-file": str(tmp_path / "sharing.json"), "num-rounds": 2})
+    with pytest.raises(RuntimeError, match="every round was skipped.*sharing-file .*cannot read JSON"):
+        run_fedshare(InProcessGrid(cfg.as_dict(), 2), cfg)
