@@ -128,20 +128,33 @@ class Withdrawal:
         """Answer each request of ``node``; accepted pairs wait for :meth:`carry_out`.
 
         A re-sent request gets its earlier answer again and changes nothing; a temporary
-        refusal (``retry``) is not recorded, so the request is judged again next time."""
-        answers = []
+        refusal (``retry``) is not recorded, so the request is judged again next time. The
+        store is searched once for all requests (linear in the reply, not reply x store)."""
+        answers, held = [], self._held(requests)
         for request_id, (user, items) in requests.items():
             known = self.state.outcomes.get(request_id)
-            answer = known or self._answer(node, request_id, user, items)
+            answer = known or self._answer(node, request_id, user, items, held[request_id])
             if known is None and not answer.refused and not answer.retry:
-                held = items[self.state.edges.contains(np.full(len(items), user), items)]
                 self.state.registry.claim(node, [user])
-                self._accepted.append(np.stack([np.full(len(held), user), held], axis=1))
+                self._accepted.append(np.stack([np.full(len(held[request_id]), user),
+                                                held[request_id]], axis=1))
             if not answer.retry:
                 self.state.record_outcome(answer)
             self._answers.append((node, answer))
             answers.append(answer)
         return answers
+
+    def _held(self, requests: Requests) -> dict[int, np.ndarray]:
+        """Per request, the requested items the edge store holds (one batched lookup)."""
+        edges, ids = self.state.edges, list(requests)
+        sizes = [len(items) for _, items in requests.values()]
+        if edges is None or not ids:
+            return {r: np.zeros(0, np.int64) for r in ids}
+        users = np.repeat([user for user, _ in requests.values()], sizes).astype(np.int64)
+        items = np.concatenate([items for _, items in requests.values()]).astype(np.int64)
+        found = edges.contains(users, items)
+        bounds = np.cumsum(sizes)[:-1]
+        return {r: i[f] for r, i, f in zip(ids, np.split(items, bounds), np.split(found, bounds))}
 
     def receive(self, node: int, requests: Requests) -> list[str]:
         """:meth:`judge`, returning what to report: refused and deferred requests."""
@@ -149,8 +162,9 @@ class Withdrawal:
                 f"{'deferred' if answer.retry else 'refused'}: {answer.reason}"
                 for answer in self.judge(node, requests) if answer.refused or answer.retry]
 
-    def _answer(self, node: int, request_id: int, user: int, items: np.ndarray) -> UnshareAnswer:
-        registry, edges = self.state.registry, self.state.edges
+    def _answer(self, node: int, request_id: int, user: int, items: np.ndarray,
+                held: np.ndarray) -> UnshareAnswer:
+        registry = self.state.registry
         if not registry.is_owned(user):
             return UnshareAnswer(request_id, True, f"user {user} shares nothing with the server")
         if not registry.may_act_for(node, user) and registry.is_bound(user):
@@ -160,7 +174,7 @@ class Withdrawal:
             return UnshareAnswer(request_id, False, f"user {user} is shared by another node "
                                  f"({registry.owner[user]}) that is still connected; the "
                                  "request is retried until one of the two is gone", retry=True)
-        if not edges.contains(np.full(len(items), user), items).any():
+        if not len(held):
             return UnshareAnswer(request_id, True, f"user {user} never shared any of the "
                                  f"{len(items)} requested items")
         return UnshareAnswer(request_id, False)
