@@ -23,8 +23,8 @@ from client_app.node import NodeData, default_state_dir, load_node, node_ledger
 from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
 from common.metrics import SPLITS, split_pairs
-from common.protocol import (EvaluateReply, Header, ModelPayload, ShareReply, TrainReply,
-                             UnshareReply, to_record)
+from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelPayload, ShareReply,
+                             TrainReply, UnshareReply, to_record)
 from common.sharing import scheduled_withdrawals
 
 app = ClientApp()
@@ -109,7 +109,7 @@ def _ledger(cfg: RunConfig, node: NodeData, state_dir: Path, header: Header) -> 
 
 def _withdrawals(ledger: Ledger) -> UnshareReply | None:
     """Every pending unshare request, one row per withdrawn pair (None when there are none)."""
-    pending = ledger.pending()
+    pending = ledger.pending()[:MAX_UNSHARE_REQUESTS]   # oldest first; the rest ride later
     if not pending:
         return None
     return UnshareReply(

@@ -38,6 +38,10 @@ SHARE = "query.share"
 TRAIN = "train"
 EVALUATE = "evaluate"
 ACTIONS = (UNSHARE, SHARE, TRAIN, EVALUATE)
+# Unshare requests one reply may carry: a node sends its oldest pending ones first and the
+# rest with later replies; the server refuses a reply with more (each judged request is kept
+# in the server's outcomes, so an unbounded flood would grow its durable state).
+MAX_UNSHARE_REQUESTS = 10_000
 
 
 class ProtocolError(ValueError):

@@ -28,7 +28,7 @@ from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Hea
 from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.state import CatalogMismatch, ServerState
-from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
+from server_app.validation import (MAX_CATALOG, ReplyError, TrainBounds, check_evaluate, check_share,
                                    check_train, check_unshare, decode, decode_withdrawals)
 from server_app.withdrawal import Withdrawal
 
@@ -124,12 +124,13 @@ class FedShareStrategy:
     def _withdraw(self, replies: Replies, stats: PhaseStats) -> Replies:
         """Judge the unshare requests riding on ``replies`` and carry them out (erased and
         durable before the rest of any reply is used); returns the replies still usable."""
-        catalog = self.state.catalog
+        catalog = self.state.catalog   # None before anything was shared: ids checked loosely
+        users, items = (catalog.num_users, catalog.num_items) if catalog else (MAX_CATALOG,) * 2
 
         def receive(node: int, reply: Message) -> bool:
             rider = decode_withdrawals(reply.content)
-            if rider is not None and catalog is not None:
-                requests = check_unshare(rider, catalog.num_users, catalog.num_items)
+            if rider is not None:
+                requests = check_unshare(rider, users, items)
                 stats.rejected += _at_most(self.withdrawal.receive(node, requests), node)
             return True
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from common.protocol import (EvaluateReply, ProtocolError, ShareReply, TrainReply,
+from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, ProtocolError, ShareReply, TrainReply,
                              UnshareReply)
 from common.parsing import MAX_CATALOG   # users or items a federation may claim
 from server_app.aggregation import RowUpdate
@@ -152,6 +152,9 @@ def check_unshare(reply: UnshareReply, num_users: int,
     too (a request belongs to one user). Whether the pairs were shared is decided later,
     per request, against the edge store."""
     _check_size("unshare", len(reply.item))
+    if reply.num_requests > MAX_UNSHARE_REQUESTS:
+        raise ReplyError(f"{reply.num_requests} unshare requests in one reply "
+                         f"(at most {MAX_UNSHARE_REQUESTS})")
     check_ids("user", reply.user, num_users)
     check_ids("item", reply.item, num_items)
     order = np.argsort(reply.request, kind="stable")            # one sort: linear after it

@@ -156,3 +156,17 @@ def test_cli_on_a_full_disk_reports_it_and_keeps_the_ledger(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "could not update the ledger" in done.stderr and "Traceback" not in done.stderr
     assert (tmp_path / LEDGER_FILE).read_bytes() == before
+
+
+def test_a_backlog_of_withdrawals_rides_oldest_first_in_capped_replies(tmp_path):
+    from dataclasses import replace
+
+    from client_app.app import _withdrawals
+    from client_app.ledger import UnshareRequest
+    from common.protocol import MAX_UNSHARE_REQUESTS
+    backlog = tuple(UnshareRequest(k, 3, np.array([k % 7], np.int64))
+                    for k in range(MAX_UNSHARE_REQUESTS + 5))
+    ledger = replace(_made(tmp_path), requests=backlog)
+    reply = _withdrawals(ledger)
+    assert reply.num_requests == MAX_UNSHARE_REQUESTS
+    assert reply.request.min() == 0 and reply.request.max() == MAX_UNSHARE_REQUESTS - 1

@@ -239,3 +239,15 @@ def test_a_run_whose_sharing_file_is_bad_fails_with_the_reason(tmp_path):
     cfg = _cfg(tmp_path, **{"sharing-file": str(tmp_path / "sharing.json"), "num-rounds": 2})
     with pytest.raises(RuntimeError, match="every round was skipped.*sharing-file .*cannot read JSON"):
         run_fedshare(InProcessGrid(cfg.as_dict(), 2), cfg)
+
+
+@pytest.mark.parametrize("attack, reason", [("unshare-flood", "unshare requests in one reply"),
+                                            ("unshare-mixed-users", "names several users")])
+def test_unshare_riders_are_checked_before_anything_was_shared(tmp_path, attack, reason):
+    from harness.hostile import ATTACKS
+    cfg = _cfg(tmp_path)
+    # round 1: no catalog yet, so ids can only be bounded loosely, but the reply is still judged
+    grid = TamperingGrid(cfg, "query.share", lambda r: ATTACKS["query.share"][attack](r.content, (60, 1682)))
+    records, _ = _run_round(cfg, grid, rounds=1)
+    share = records[0].phases["share"]
+    assert any(r.startswith("node 1:") and reason in r for r in share.rejected), share.rejected

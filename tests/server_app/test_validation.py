@@ -8,7 +8,7 @@ from common.protocol import EvaluateReply, ShareReply, TrainReply, to_record
 from server_app.aggregation import NonFiniteTable, RowUpdate, aggregate_rows
 from server_app.validation import (ReplyError, TrainBounds, check_evaluate, check_share,
                                    check_train, check_unshare, decode)
-from common.protocol import UnshareReply
+from common.protocol import MAX_UNSHARE_REQUESTS, UnshareReply
 
 GOOD_INDEX = np.array([0, 3], np.int64)
 
@@ -111,10 +111,17 @@ def test_unshare_reply_checks():
         check_unshare(reply([7], [1], [3], 2), 10, 20)
     with pytest.raises(ReplyError, match="item id out of range"):
         check_unshare(reply([7], [1], [30], 1), 10, 20)
-    many = 100_000                                           # 10^5 requests, rows shuffled
+    many = MAX_UNSHARE_REQUESTS                              # the most a reply may carry, shuffled
     rows = np.random.default_rng(0).permutation(many)
     parsed = check_unshare(reply(rows, rows % 10, rows % 20, many), 10, 20)
-    assert len(parsed) == many and parsed[12345] == (5, np.array([5]))
+    assert len(parsed) == many and parsed[1234] == (4, np.array([14]))
+
+
+def test_an_unshare_flood_is_refused_as_a_whole():
+    flood = MAX_UNSHARE_REQUESTS + 1
+    rows = np.arange(flood, dtype=np.int64)
+    with pytest.raises(ReplyError, match=f"{flood} unshare requests in one reply"):
+        check_unshare(UnshareReply(rows, rows % 10, rows % 20, flood), 10, 20)
 
 
 def test_evaluate_reply_checks():
