@@ -425,6 +425,11 @@ do_start() {
   for p in "${ports[@]}"; do
     port_free "$p" || die "port $p on $HOST is already in use${p:+ by $(port_owner "$p")}; choose other ports (--superlink-port / --node-port-base)"
   done
+  if gateway_on && [ "$MODE" != tls-auth ]; then
+    # Without SuperNode auth the Fleet API's own register-node lets any client join (checked
+    # against Flower 1.41), so the gateway hides the Control API but not the federation.
+    echo "federation.sh: WARNING: --fleet-host with --mode $MODE: anyone who reaches $FLEET_HOST:$FLEET_PORT can join as a new SuperNode; use --mode tls-auth to expose a Fleet port" >&2
+  fi
   if gateway_on; then
     for p in "${ports[@]}"; do
       [ "$p" != "$FLEET_PORT" ] || die "--fleet-port $FLEET_PORT is also the SuperLink's or a SuperNode's port; choose another"
