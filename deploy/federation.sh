@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # A real local Flower federation for FedShare: one SuperLink and N SuperNodes on 127.0.0.1.
+# The SuperLink always listens on 127.0.0.1 only: its one port serves the Fleet API and also the
+# Control API (`flwr`: register SuperNodes, run, stop; no user authentication in OSS Flower
+# 1.41) and the Runtime API (SuperExec). To let SuperNodes of other machines in, --fleet-host
+# starts deploy/fleet_gateway.py there: it forwards only the Fleet API (see docs/deployment.md).
 #
 #   deploy/federation.sh [options] start          start SuperLink + SuperExecs + N SuperNodes
 #   deploy/federation.sh [options] run [OVERRIDES] `flwr run . <conn> --stream` against it
@@ -14,7 +18,14 @@
 #                                 tls-auth: TLS + SuperNode authentication (EC key per node,
 #                                 registered with `flwr supernode register` before start)
 #   --nodes N                     [NODES, 3]         SuperNodes; node i: partition-id=i, num-partitions=N
-#   --superlink-port P            [SUPERLINK_PORT, 8000]  SuperLink HTTP port (Fleet, Control, Runtime API)
+#   --superlink-port P            [SUPERLINK_PORT, 8000]  SuperLink HTTP port on 127.0.0.1 (Fleet,
+#                                 Control, Runtime API): operator-only
+#   --fleet-host H                [FLEET_HOST, none]  address (IPv4 or host name; 0.0.0.0 = all
+#                                 interfaces) where the Fleet gateway listens for SuperNodes;
+#                                 none, 127.0.0.1 or localhost: no gateway, SuperNodes use the
+#                                 SuperLink port. With TLS, H is added to the certificate's SAN
+#   --fleet-port P                [FLEET_PORT, 9092]  the gateway's port
+#   --max-body-bytes N            [FLEET_MAX_BODY, 67108864]  largest request the gateway forwards
 #   --node-port-base P            [NODE_PORT_BASE, 9094]  SuperNode i's Runtime API port: P+i
 #   --isolation process|subprocess [ISOLATION, process]  process: this script starts one
 #                                 flower-superexec per SuperLink/SuperNode (as docker-compose.yml
@@ -24,6 +35,8 @@
 #   --keys-dir DIR                [KEYS_DIR, <run-dir>/keys]  SuperNode auth keys (tls-auth)
 #   --conn NAME                   [FED_CONN, fedshare]  connection name in $FLWR_HOME/config.toml
 #   --print-commands              same as the print-commands subcommand
+# Files: everything this script creates (run folder, logs, state, superlink.db, FLWR_HOME) is
+# private to its user (umask 077: directories 0700, files 0600).
 # Other environment: FLWR_HOME (default <run-dir>/flwr-home), VENV (default <repo>/.venv),
 # FEDSHARE_DATA_DIR, FEDSHARE_STATE_DIR (default <run-dir>/state), FEDSHARE_OUT_DIR
 # (default <repo>/results), START_TIMEOUT (s, default 90), STOP_TIMEOUT (s, default 15).
@@ -37,7 +50,8 @@ VENV=${VENV:-$ROOT/.venv}
 export PATH="$VENV/bin:$PATH"
 export FLWR_DISABLE_UPDATE_CHECK=1                     # offline: no call to api.flower.ai
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never `uv sync` app deps at run time
-HOST=127.0.0.1
+HOST=127.0.0.1                                        # the SuperLink's address: loopback only
+umask 077                                             # run folder, logs, db, state: owner only
 
 die() { echo "federation.sh: $*" >&2; exit 1; }
 
@@ -48,6 +62,9 @@ MODE=${MODE:-}
 NODES=${NODES:-}
 SUPERLINK_PORT=${SUPERLINK_PORT:-}
 NODE_PORT_BASE=${NODE_PORT_BASE:-}
+FLEET_HOST=${FLEET_HOST:-}
+FLEET_PORT=${FLEET_PORT:-}
+FLEET_MAX_BODY=${FLEET_MAX_BODY:-}
 ISOLATION=${ISOLATION:-}
 RUN_DIR=${FED_RUN_DIR:-$ROOT/.federation}
 CERTS_DIR=${CERTS_DIR:-}
@@ -63,6 +80,12 @@ while [ $# -gt 0 ]; do
     --nodes=*) NODES=${1#*=}; shift ;;
     --superlink-port) SUPERLINK_PORT=${2:?}; shift 2 ;;
     --superlink-port=*) SUPERLINK_PORT=${1#*=}; shift ;;
+    --fleet-host) FLEET_HOST=${2:?--fleet-host needs a value}; shift 2 ;;
+    --fleet-host=*) FLEET_HOST=${1#*=}; shift ;;
+    --fleet-port) FLEET_PORT=${2:?--fleet-port needs a value}; shift 2 ;;
+    --fleet-port=*) FLEET_PORT=${1#*=}; shift ;;
+    --max-body-bytes) FLEET_MAX_BODY=${2:?--max-body-bytes needs a value}; shift 2 ;;
+    --max-body-bytes=*) FLEET_MAX_BODY=${1#*=}; shift ;;
     --node-port-base) NODE_PORT_BASE=${2:?}; shift 2 ;;
     --node-port-base=*) NODE_PORT_BASE=${1#*=}; shift ;;
     --isolation) ISOLATION=${2:?}; shift 2 ;;
@@ -93,7 +116,7 @@ LOG_DIR="$RUN_DIR/logs"
 # Every command but print-commands starts from what the last `start` recorded in the run
 # folder (so `start` after `stop` brings the same federation back on the same database);
 # options and environment variables given now win.
-SAVED_VARS="MODE NODES SUPERLINK_PORT NODE_PORT_BASE ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
+SAVED_VARS="MODE NODES SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
 STATE_DIR=${FEDSHARE_STATE_DIR:-}
 if [ "$CMD" != print-commands ] && [ -f "$ENV_FILE" ]; then
   declare -A _given=()
@@ -106,6 +129,8 @@ MODE=${MODE:-insecure}
 NODES=${NODES:-3}
 SUPERLINK_PORT=${SUPERLINK_PORT:-8000}
 NODE_PORT_BASE=${NODE_PORT_BASE:-9094}
+FLEET_PORT=${FLEET_PORT:-9092}
+FLEET_MAX_BODY=${FLEET_MAX_BODY:-67108864}
 ISOLATION=${ISOLATION:-process}
 CERTS_DIR=${CERTS_DIR:-$ROOT/.certs}
 KEYS_DIR=${KEYS_DIR:-$RUN_DIR/keys}
@@ -124,6 +149,14 @@ case "$ISOLATION" in process|subprocess) ;; *) die "--isolation must be process 
 for p in "$SUPERLINK_PORT" "$NODE_PORT_BASE"; do
   [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ $((p + NODES)) -le 65535 ] || die "bad port '$p'"
 done
+[[ "$FLEET_PORT" =~ ^[0-9]+$ ]] && [ "$FLEET_PORT" -ge 1 ] && [ "$FLEET_PORT" -le 65535 ] \
+  || die "--fleet-port must be a port number 1..65535 (got '$FLEET_PORT')"
+[[ "$FLEET_MAX_BODY" =~ ^[0-9]+$ ]] && [ "$FLEET_MAX_BODY" -ge 1024 ] \
+  || die "--max-body-bytes must be an integer >= 1024 (got '$FLEET_MAX_BODY')"
+case "$FLEET_HOST" in
+  *:*) die "--fleet-host: IPv6 addresses are not supported by this script (got '$FLEET_HOST'); use an IPv4 address or a host name" ;;
+  *[!A-Za-z0-9.-]*) die "--fleet-host must be an IPv4 address or a host name (got '$FLEET_HOST')" ;;
+esac
 case "$CERTS_DIR" in /*) ;; *) CERTS_DIR="$(pwd)/$CERTS_DIR" ;; esac
 case "$KEYS_DIR" in /*) ;; *) KEYS_DIR="$(pwd)/$KEYS_DIR" ;; esac
 case "$FLWR_HOME" in /*) ;; *) FLWR_HOME="$(pwd)/$FLWR_HOME" ;; esac
@@ -132,11 +165,27 @@ CA="$CERTS_DIR/ca.crt"
 
 node_port() { echo $((NODE_PORT_BASE + $1)); }
 
+# The gateway runs when the SuperNodes are to connect somewhere else than the SuperLink's own
+# loopback address (127.0.0.2 is a different address, hence gets a gateway).
+gateway_on() { [ -n "$FLEET_HOST" ] && [ "$FLEET_HOST" != "$HOST" ] && [ "$FLEET_HOST" != localhost ]; }
+
+fleet_dial() {   # HOST:PORT the SuperNodes started here connect to
+  if ! gateway_on; then echo "$HOST:$SUPERLINK_PORT"
+  elif [ "$FLEET_HOST" = 0.0.0.0 ]; then echo "$HOST:$FLEET_PORT"   # all interfaces incl. loopback
+  else echo "$FLEET_HOST:$FLEET_PORT"; fi
+}
+
+gateway_san() {  # the SAN entry the server certificate needs for the gateway address
+  gateway_on && [ "$FLEET_HOST" != 0.0.0.0 ] || return 0
+  if [[ "$FLEET_HOST" =~ ^[0-9.]+$ ]]; then echo "IP:$FLEET_HOST"; else echo "DNS:$FLEET_HOST"; fi
+}
+
 # ------------------------------------------------------------------ the commands
 # Every command line of the federation is built here, once; docker-compose.yml uses the same
 # flags (tests/deploy/test_compose.py compares them with `print-commands`).
 components() {   # names in start order
   echo superlink
+  if gateway_on; then echo fleet-gateway; fi
   if [ "$ISOLATION" = process ]; then echo superexec-serverapp; fi
   local i
   for ((i = 0; i < NODES; i++)); do
@@ -158,6 +207,14 @@ command_of() {   # sets CMDLINE=(argv) for component $1
                 --database "$RUN_DIR/superlink.db" --disable-runtime-dependency-installation)
       if [ "$MODE" = tls-auth ]; then CMDLINE+=(--enable-supernode-auth); fi
       ;;
+    fleet-gateway)
+      CMDLINE=(python "$ROOT/deploy/fleet_gateway.py" --listen-host "$FLEET_HOST"
+               --listen-port "$FLEET_PORT" --upstream "$HOST:$SUPERLINK_PORT")
+      if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure)
+      else CMDLINE+=(--certfile "$CERTS_DIR/server.pem" --keyfile "$CERTS_DIR/server.key"
+                     --upstream-ca "$CA"); fi
+      CMDLINE+=(--max-body-bytes "$FLEET_MAX_BODY")
+      ;;
     superexec-serverapp)
       CMDLINE=(flower-superexec)
       if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure); else CMDLINE+=(--root-certificates "$CA"); fi
@@ -167,7 +224,7 @@ command_of() {   # sets CMDLINE=(argv) for component $1
       i=${name#supernode-}
       CMDLINE=(flower-supernode)
       if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure); else CMDLINE+=(--root-certificates "$CA"); fi
-      CMDLINE+=(--superlink "$HOST:$SUPERLINK_PORT")
+      CMDLINE+=(--superlink "$(fleet_dial)")
       if [ "$MODE" = tls-auth ]; then CMDLINE+=(--auth-supernode-private-key "$KEYS_DIR/node-$i"); fi
       CMDLINE+=(--isolation "$ISOLATION" --host "$HOST" --port "$(node_port "$i")"
                 --node-config "partition-id=$i num-partitions=$NODES state-dir=\"$STATE_DIR/node-$i\"")
@@ -183,8 +240,10 @@ command_of() {   # sets CMDLINE=(argv) for component $1
 
 marker_of() {    # a token of the component's command line that identifies our process
   case "$1" in
-    superlink|supernode-*) command_of "$1"; local a prev=""
-      for a in "${CMDLINE[@]}"; do if [ "$prev" = --port ]; then echo "--port $a"; return 0; fi; prev=$a; done ;;
+    superlink|supernode-*|fleet-gateway) command_of "$1"; local a prev=""
+      for a in "${CMDLINE[@]}"; do
+        case "$prev" in --port|--listen-port) echo "$prev $a"; return 0 ;; esac; prev=$a
+      done ;;
     superexec-*) command_of "$1"; echo "${CMDLINE[*]: -1}" ;;
   esac
 }
@@ -227,8 +286,8 @@ recorded() {     # "name pid marker" for every pid file
   done
 }
 
-port_free() {    # can we bind HOST:$1 (as uvicorn does, SO_REUSEADDR)?
-  python - "$HOST" "$1" <<'PY'
+port_free() {    # can we bind ${2:-HOST}:$1 (as uvicorn does, SO_REUSEADDR)?
+  python - "${2:-$HOST}" "$1" <<'PY'
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -253,6 +312,16 @@ superlink_healthy() {
   local tls=()
   [ "$MODE" = insecure ] || tls=(--cacert "$CA")
   curl -sf -o /dev/null --max-time 2 "${tls[@]}" "$(superlink_url)/health"
+}
+
+gateway_url() {
+  if [ "$MODE" = insecure ]; then echo "http://$(fleet_dial)"; else echo "https://$(fleet_dial)"; fi
+}
+
+gateway_healthy() {  # /health through the gateway: it is up and reaches the SuperLink
+  local tls=()
+  [ "$MODE" = insecure ] || tls=(--cacert "$CA")
+  curl -sf -o /dev/null --max-time 2 "${tls[@]}" "$(gateway_url)/health"
 }
 
 write_connection() {   # [superlink.<CONN>] in $FLWR_HOME/config.toml (other tables kept)
@@ -312,6 +381,7 @@ wait_for() {   # wait_for NAME PID CHECK-FUNCTION: until CHECK succeeds, the pid
 }
 
 check_superlink() { superlink_healthy; }
+check_gateway() { gateway_healthy; }
 check_supernode() { grep -q "SuperNode ID:" "$LOG_DIR/$1.log" 2>/dev/null; }
 check_superexec() { grep -q "Starting Flower SuperExec" "$LOG_DIR/$1.log" 2>/dev/null; }
 
@@ -333,9 +403,16 @@ register_keys() {   # tls-auth: register every SuperNode's public key (idempoten
 }
 
 # ------------------------------------------------------------------ subcommands
+private_files() {  # tighten what older versions (umask 022) left readable to everyone
+  chmod 0700 "$RUN_DIR" "$PID_DIR" "$LOG_DIR" "$STATE_DIR"
+  [ ! -d "$FLWR_HOME" ] || chmod 0700 "$FLWR_HOME"
+  find "$LOG_DIR" "$RUN_DIR"/superlink.db* "$ENV_FILE" -maxdepth 1 -type f -exec chmod 0600 {} + 2>/dev/null || true
+}
+
 do_start() {
   local name pid live=() t0=$SECONDS
   mkdir -p "$PID_DIR" "$LOG_DIR" "$STATE_DIR"
+  private_files
   while read -r name pid marker; do
     ours "$pid" "$marker" && live+=("$name:$pid")
   done < <(recorded)
@@ -348,9 +425,23 @@ do_start() {
   for p in "${ports[@]}"; do
     port_free "$p" || die "port $p on $HOST is already in use${p:+ by $(port_owner "$p")}; choose other ports (--superlink-port / --node-port-base)"
   done
+  if gateway_on && [ "$MODE" != tls-auth ]; then
+    # Without SuperNode auth the Fleet API's own register-node lets any client join (checked
+    # against Flower 1.41), so the gateway hides the Control API but not the federation.
+    echo "federation.sh: WARNING: --fleet-host with --mode $MODE: anyone who reaches $FLEET_HOST:$FLEET_PORT can join as a new SuperNode; use --mode tls-auth to expose a Fleet port" >&2
+  fi
+  if gateway_on; then
+    for p in "${ports[@]}"; do
+      [ "$p" != "$FLEET_PORT" ] || die "--fleet-port $FLEET_PORT is also the SuperLink's or a SuperNode's port; choose another"
+    done
+    port_free "$FLEET_PORT" "$FLEET_HOST" || die "cannot listen on $FLEET_HOST:$FLEET_PORT (in use${FLEET_PORT:+ by $(port_owner "$FLEET_PORT")}, or not an address of this host); choose another --fleet-host / --fleet-port"
+  fi
 
   if [ "$MODE" != insecure ]; then
-    "$ROOT/deploy/certs.sh" "$CERTS_DIR"
+    local san
+    san=$(gateway_san)
+    EXTRA_SAN="${EXTRA_SAN:-}${EXTRA_SAN:+${san:+,}}$san" "$ROOT/deploy/certs.sh" "$CERTS_DIR" \
+      || die "no usable certificate in $CERTS_DIR (see above)"
     [ -s "$CA" ] || die "no CA certificate at $CA"
   fi
   for ((i = 0; i < NODES; i++)); do mkdir -p "$STATE_DIR/node-$i"; done
@@ -365,6 +456,11 @@ do_start() {
   launch superlink
   wait_for superlink "${STARTED_PIDS[-1]}" check_superlink
   echo "superlink up (pid ${STARTED_PIDS[-1]}, $(superlink_url), $((SECONDS - t0)) s)"
+  if gateway_on; then
+    launch fleet-gateway
+    wait_for fleet-gateway "${STARTED_PIDS[-1]}" check_gateway
+    echo "fleet gateway up (pid ${STARTED_PIDS[-1]}, $(gateway_url) -> $(superlink_url), Fleet API only)"
+  fi
   if [ "$ISOLATION" = process ]; then
     launch superexec-serverapp
   fi
@@ -380,6 +476,7 @@ do_start() {
     esac
   done < <(recorded)
   echo "federation up in $((SECONDS - t0)) s: mode $MODE, $NODES SuperNodes, SuperLink $HOST:$SUPERLINK_PORT, SuperNode ports $(node_port 0)..$(node_port $((NODES - 1)))"
+  if gateway_on; then echo "  SuperNodes connect through the Fleet gateway $FLEET_HOST:$FLEET_PORT"; fi
   echo "  run folder $RUN_DIR (logs/, pids/, superlink.db, state/)"
   echo "  FLWR_HOME=$FLWR_HOME  connection '$CONN'"
   echo "  next: $0 --run-dir $RUN_DIR run 'num-rounds=2'   then: $0 --run-dir $RUN_DIR stop"
@@ -392,7 +489,7 @@ do_stop() {
   # Stop order: ClientApp executors and SuperNodes first (a SuperNode deactivates itself on
   # SIGTERM), then the ServerApp executor, then the SuperLink.
   local order=() e
-  for pattern in 'superexec-clientapp-*' 'supernode-*' 'superexec-serverapp' 'superlink'; do
+  for pattern in 'superexec-clientapp-*' 'supernode-*' 'fleet-gateway' 'superexec-serverapp' 'superlink'; do
     for e in "${entries[@]}"; do
       # shellcheck disable=SC2254
       case "${e%% *}" in $pattern) order+=("$e") ;; esac
@@ -444,7 +541,10 @@ do_status() {
     else printf '%-24s pid %-7s not running\n' "$name" "$pid"; fi
   done < <(recorded)
   [ $n -gt 0 ] || { echo "no federation recorded in $RUN_DIR"; return 3; }
-  echo "mode $MODE, SuperLink $(superlink_url): $(superlink_healthy && echo healthy || echo 'not answering')"
+  echo "mode $MODE, SuperLink $(superlink_url) (loopback, operator only): $(superlink_healthy && echo healthy || echo 'not answering')"
+  if gateway_on; then
+    echo "Fleet gateway $FLEET_HOST:$FLEET_PORT ($(gateway_url), Fleet API only): $(gateway_healthy && echo healthy || echo 'not answering')"
+  fi
   echo "export FLWR_HOME=$FLWR_HOME   # connection '$CONN'"
   if superlink_healthy; then flwr supernode list "$CONN" 2>&1 | tail -n +2 || true; fi
   [ $up -eq $n ] || return 3

@@ -8,16 +8,19 @@
 # DIR/node-<i>.pub (public, for `flwr supernode register DIR/node-<i>.pub <connection>`),
 # i = 0..N-1. Existing keys are kept (a key is a SuperNode's identity: once registered,
 # regenerating it means registering again). FORCE=1 regenerates.
-# Private keys are 0600; KEY_MODE=0644 makes them readable by the non-root `app` user
-# (uid 49999) of the official Flower images when DIR is bind-mounted into containers
-# (test setups only).
+# DIR is 0700 and the private keys 0600 (the public keys 0644). Containers (uid 49999) get
+# them through the compose tls-auth overlay's volumes-init, which copies them into a volume
+# owned by 49999 (docs/deployment.md). KEY_MODE overrides the private keys' mode (deprecated:
+# a world-readable private key lets every local user impersonate the SuperNode).
 set -euo pipefail
+umask 077
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${1:-${KEYS_DIR:-$ROOT/.keys}}
 N=${2:-${NODES:-3}}
 command -v ssh-keygen >/dev/null || { echo "supernode-keys.sh: ssh-keygen not found (openssh-client)" >&2; exit 1; }
 [[ "$N" =~ ^[1-9][0-9]*$ ]] || { echo "supernode-keys.sh: N must be a positive integer (got '$N')" >&2; exit 2; }
 mkdir -p "$DIR"
+chmod 0700 "$DIR"
 made=0
 for ((i = 0; i < N; i++)); do
   key="$DIR/node-$i"
@@ -27,5 +30,6 @@ for ((i = 0; i < N; i++)); do
     made=$((made + 1))
   fi
   chmod "${KEY_MODE:-0600}" "$key"
+  chmod 0644 "$key.pub"
 done
 echo "supernode-keys.sh: $N key pair(s) in $DIR ($made new)"

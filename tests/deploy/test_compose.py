@@ -254,3 +254,102 @@ def test_host_overlay_keeps_every_address_on_loopback(mode):
         elif name.startswith("superexec-clientapp-"):
             i = int(name[-1])
             assert flags["--runtime-api-address"] == f"supernode-{i}:{19000 + i}"
+
+
+GATEWAY = "deploy/compose.gateway.yml"
+
+
+def _published(service: dict) -> list[tuple[str, str]]:
+    return [(p.get("host_ip", ""), str(p["published"])) for p in service.get("ports", [])]
+
+
+@needs_compose
+@pytest.mark.parametrize("mode", sorted(OVERLAYS))
+def test_superlink_port_is_published_on_loopback_unless_configured(mode):
+    """The SuperLink port also serves the Control API: published on 127.0.0.1 by default."""
+    services = _rendered(mode)["services"]
+    assert _published(services["superlink"]) == [("127.0.0.1", "8000")]
+    assert all(not s.get("ports") for n, s in services.items() if n != "superlink")
+    moved = _rendered(mode, env={"FEDSHARE_PUBLISH_HOST": "10.1.2.3"})["services"]
+    assert _published(moved["superlink"]) == [("10.1.2.3", "8000")]
+
+
+@needs_compose
+@pytest.mark.parametrize("mode", ["tls", "tls-auth"])
+def test_secrets_reach_containers_only_through_volumes_owned_by_49999(mode):
+    """No Flower container bind-mounts the host's certificate or key folders (whose private
+    keys are 0600); volumes-init copies them, and each SuperNode sees only its own key."""
+    services = _rendered(mode)["services"]
+    init = services["volumes-init"]
+    assert init["entrypoint"] == ["sh", "/volumes-init.sh"] and init["user"] == "root"
+    sources = {v["target"]: v for v in init["volumes"]}
+    assert sources["/src/certs"]["type"] == "bind" and sources["/src/certs"]["read_only"]
+    for name, service in services.items():
+        if name == "volumes-init":
+            continue
+        for volume in service.get("volumes", []):
+            assert volume["type"] == "volume" or volume["target"] == "/app/data", (name, volume)
+        mounts = {v["target"]: v["source"] for v in service.get("volumes", [])}
+        if "/app/certificates" in mounts:
+            assert mounts["/app/certificates"] == ("tls-server" if name == "superlink" else "tls-ca")
+    if mode == "tls-auth":
+        for i in range(3):
+            mounts = {v["target"]: v["source"] for v in services[f"supernode-{i}"]["volumes"]}
+            assert mounts["/app/keys"] == f"node-{i}-key"
+            assert sources[f"/vol/node-{i}-key"]["source"] == f"node-{i}-key"
+
+
+@needs_compose
+def test_gateway_overlay_exposes_only_the_gateway():
+    files = OVERLAYS["tls-auth"] + [GATEWAY]
+    proc = _compose(files, "config", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    services = _rendered("tls-auth", files)["services"]
+    gateway = services["fleet-gateway"]
+    assert gateway["entrypoint"] == ["python", "/app/gateway/fleet_gateway.py"]
+    assert _published(gateway) == [("127.0.0.1", "9092")]
+    assert _published(services["superlink"]) == [("127.0.0.1", "8000")]
+    flags = dict(_flags(gateway["command"]))
+    assert flags["--upstream"] == "superlink:8000"
+    mounts = {v["target"]: v["source"] for v in gateway["volumes"]}
+    assert mounts["/app/certificates"] == "tls-server"
+    assert mounts["/app/gateway/fleet_gateway.py"].endswith("deploy/fleet_gateway.py")
+    public = _rendered("tls-auth", files, {"FEDSHARE_FLEET_PUBLISH_HOST": "0.0.0.0",
+                                           "FEDSHARE_FLEET_PORT": "9443"})["services"]
+    assert _published(public["fleet-gateway"]) == [("0.0.0.0", "9443")]
+    assert _published(public["superlink"]) == [("127.0.0.1", "8000")]
+    # the same flags as the native gateway of `federation.sh --fleet-host`
+    native = subprocess.run([str(ROOT / "deploy" / "federation.sh"), "--mode", "tls",
+                             "--fleet-host", "0.0.0.0", "print-commands"],
+                            capture_output=True, text=True, timeout=60)
+    line = next(l for l in native.stdout.splitlines() if l.startswith("fleet-gateway:"))
+    argv = shlex.split(line.partition(":")[2])
+    assert argv[1].endswith("deploy/fleet_gateway.py")
+    assert [f for f, _ in _flags(argv[2:])] == [f for f, _ in _flags(gateway["command"])]
+
+
+def test_volumes_init_copies_secrets_private_to_the_owner(tmp_path):
+    """deploy/volumes-init.sh on plain folders (the owner is the current user here)."""
+    src, vol = tmp_path / "src", tmp_path / "vol"
+    for script, target in (("certs.sh", [str(src / "certs")]),
+                           ("supernode-keys.sh", [str(src / "keys"), "2"])):
+        made = subprocess.run([str(ROOT / "deploy" / script), *target], capture_output=True,
+                              text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    for name in ("tls-ca", "tls-server", "node-0-key", "node-1-key", "superlink-state"):
+        (vol / name).mkdir(parents=True, mode=0o755)
+    env = {**os.environ, "SRC": str(src), "VOL": str(vol), "OWNER": f"{os.getuid()}:{os.getgid()}"}
+    proc = subprocess.run(["sh", str(ROOT / "deploy" / "volumes-init.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modes = {str(p.relative_to(vol)): p.stat().st_mode & 0o777 for p in vol.rglob("*")}
+    assert modes == {"tls-ca": 0o700, "tls-ca/ca.crt": 0o644,
+                     "tls-server": 0o700, "tls-server/ca.crt": 0o644,
+                     "tls-server/server.pem": 0o644, "tls-server/server.key": 0o600,
+                     "node-0-key": 0o700, "node-0-key/node-0": 0o600,
+                     "node-1-key": 0o700, "node-1-key/node-1": 0o600, "superlink-state": 0o700}
+    assert (vol / "node-1-key" / "node-1").read_bytes() == (src / "keys" / "node-1").read_bytes()
+    (src / "keys" / "node-1").unlink()
+    missing = subprocess.run(["sh", str(ROOT / "deploy" / "volumes-init.sh")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "missing" in missing.stderr and "node-1" in missing.stderr

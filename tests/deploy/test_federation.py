@@ -90,7 +90,8 @@ class Federation:
         self.superlink_port, self.node_port_base = _free_ports(nodes)
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("MODE", "NODES", "ISOLATION", "SUPERLINK_PORT", "NODE_PORT_BASE",
-                                 "FED_CONN", "KEYS_DIR")}
+                                 "FED_CONN", "KEYS_DIR", "FLEET_HOST", "FLEET_PORT",
+                                 "FLEET_MAX_BODY")}
         self.env.update(FLWR_HOME=str(tmp / "flwr-home"), CERTS_DIR=str(tmp / "certs"),
                         FED_RUN_DIR=str(self.run_dir), FEDSHARE_OUT_DIR=str(tmp / "out"),
                         FEDSHARE_DATA_DIR=str(default_data_root()))
