@@ -84,6 +84,7 @@ TRAIN_ATTACKS: dict[str, Attack] = {
     "inflated-num-examples": _edit_metrics("metrics", **{"num-examples": 10**8}),
     "num-users-lie": _edit_metrics("metrics", **{"num-users": 10**9}),
     "metric-as-list": _edit_metrics("metrics", loss=[1.0, 2.0]),
+    "metrics-missing": lambda content, c: content.__setitem__("metrics", MetricRecord({"loss": 1.0})),
 }
 EVALUATE_ATTACKS: dict[str, Attack] = {
     "metric-as-list": _edit_metrics("test", **{"ndcg@20": [0.5, 0.5]}),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
+from harness.hostile import ATTACKS, TRAIN_ATTACKS
 from harness.inprocess import InProcessGrid
 from harness.session import new_session, restart
 from client_app.cli import main as cli
@@ -61,44 +62,33 @@ def _run_round(cfg, grid, rounds=2):
     return strategy.run(grid, range(1, rounds + 1)), state
 
 
-def _set_update(**arrays):
-    def tamper(reply):
-        update = {k: v.numpy() for k, v in reply.content.array_records["update"].items()}
-        update.update({k: v(update) if callable(v) else v for k, v in arrays.items()})
-        reply.content["update"] = to_record(**update)
-    return tamper
-
-
-def _set_metrics(**values):
-    def tamper(reply):
-        metrics = dict(reply.content.metric_records["metrics"])
-        metrics.update(values)
-        reply.content["metrics"] = MetricRecord(metrics)
-    return tamper
-
-
-TRAIN_CASES = {
-    "nan": (_set_update(values=lambda u: np.full_like(u["values"], np.nan)), "NaN or Inf"),
-    "inf": (_set_update(counts=lambda u: np.full_like(u["counts"], np.inf)), "NaN or Inf"),
-    "dtype": (_set_update(values=lambda u: u["values"].astype(np.float64)), "must be float32"),
-    "shape": (_set_update(values=lambda u: u["values"][:, :3].copy()), "shapes disagree"),
-    "range": (_set_update(index=lambda u: u["index"] + 10_000), "out of range"),
-    "duplicates": (_set_update(index=lambda u: np.zeros_like(u["index"])), "duplicate item rows"),
-    "metrics": (lambda r: r.content.__setitem__("metrics", MetricRecord({"loss": 1.0})), "metrics keys"),
-    "huge-values": (_set_update(values=lambda u: np.full_like(u["values"], 1e30)), "beyond the bound"),
-    "huge-counts": (_set_update(counts=lambda u: np.full_like(u["counts"], 3e38)),
-                    "counts exceed what num-examples"),
+# Each train attack of the soak's catalogue (harness/hostile.py), with the reason it must be
+# rejected for. Attacks see the federation's catalog (users, items): ML-100K's 1682 items.
+TRAIN_REASONS = {
+    "nan-values": "NaN or Inf", "inf-counts": "NaN or Inf", "float64-values": "must be float32",
+    "wrong-shape": "shapes disagree", "item-out-of-range": "out of range",
+    "duplicate-rows": "duplicate item rows", "huge-values": "beyond the bound",
+    "float32-overflow-counts": "counts exceed what num-examples",
     # weight bought by claiming more samples than the node's users can have (within the old cap)
-    "inflated-examples": (_set_metrics(**{"num-examples": 10**8}), "num-examples 100000000 outside"),
-    "more-users-than-the-federation": (_set_metrics(**{"num-users": 10**6}), "num-users 1000000 outside"),
+    "inflated-num-examples": "num-examples 100000000 outside",
+    "num-users-lie": "num-users 1000000000 outside", "metric-as-list": "must be a number, got list",
+    "metrics-missing": "metrics keys",
 }
 
 
-@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def _attack(kind, name, catalog=(60, 1682)):
+    return lambda reply: ATTACKS[kind][name](reply.content, catalog)
+
+
+def test_every_train_attack_of_the_soak_has_a_reason_here():
+    assert set(TRAIN_REASONS) == set(TRAIN_ATTACKS)
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_REASONS))
 def test_bad_train_reply_is_rejected_and_round_goes_on(tmp_path, case):
-    tamper, reason = TRAIN_CASES[case]
+    reason = TRAIN_REASONS[case]
     cfg = _cfg(tmp_path)
-    records, state = _run_round(cfg, TamperingGrid(cfg, "train", tamper))
+    records, state = _run_round(cfg, TamperingGrid(cfg, "train", _attack("train", case)))
     train = records[-1].phases["train"]
     assert train.ok == 2 and train.rejected
     assert all(r.startswith("node 1:") and reason in r for r in train.rejected), train.rejected
@@ -244,10 +234,9 @@ def test_a_run_whose_sharing_file_is_bad_fails_with_the_reason(tmp_path):
 @pytest.mark.parametrize("attack, reason", [("unshare-flood", "unshare requests in one reply"),
                                             ("unshare-mixed-users", "names several users")])
 def test_unshare_riders_are_checked_before_anything_was_shared(tmp_path, attack, reason):
-    from harness.hostile import ATTACKS
     cfg = _cfg(tmp_path)
     # round 1: no catalog yet, so ids can only be bounded loosely, but the reply is still judged
-    grid = TamperingGrid(cfg, "query.share", lambda r: ATTACKS["query.share"][attack](r.content, (60, 1682)))
+    grid = TamperingGrid(cfg, "query.share", _attack("query.share", attack))
     records, _ = _run_round(cfg, grid, rounds=1)
     share = records[0].phases["share"]
     assert any(r.startswith("node 1:") and reason in r for r in share.rejected), share.rejected
