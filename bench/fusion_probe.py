@@ -50,7 +50,15 @@ def _local_users(session: Session, num_users: int, dim: int) -> np.ndarray:
     return users
 
 
-def probe(session: Session, ds, dim: int) -> dict:
+def _weighted(local: np.ndarray, state, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted fusion with one global weight ``w`` for every user (client_app/local_training.py
+    ``fused_tables``): users ``[w g_u, (1 - w) e_u]``, items ``[h_i, e_i + h_i]``."""
+    graph_users, graph_items = state.views
+    return (np.concatenate([weight * graph_users, (1 - weight) * local], 1),
+            np.concatenate([graph_items, state.item_emb + graph_items], 1))
+
+
+def probe(session: Session, ds, dim: int, weights: list[float] = ()) -> dict:
     _, fused = session.strategy.evaluate(session.grid, list(session.grid.get_node_ids()),
                                          session.next_round - 1)
     state = session.state
@@ -58,7 +66,10 @@ def probe(session: Session, ds, dim: int) -> dict:
            **{f"fused {s}": fused[s]["ndcg@20"] for s in SPLITS}}
     if state.views is not None:
         row.update({f"server {s}": v for s, v in _ndcg(*state.views, ds).items()})
-    local = _ndcg(_local_users(session, ds.num_users, dim), state.item_emb, ds)
+    local_users = _local_users(session, ds.num_users, dim)
+    local = _ndcg(local_users, state.item_emb, ds)
+    for weight in weights if state.views is not None else ():   # evaluation only: training unchanged
+        row.update({f"w={weight} {s}": v for s, v in _ndcg(*_weighted(local_users, state, weight), ds).items()})
     return {**row, **{f"local {s}": v for s, v in local.items()}}
 
 
@@ -69,6 +80,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--fraction-train", type=float, default=0.1)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--weights", type=float, nargs="*", default=[],
+                        help="also rank with weighted fusion at these fixed global weights w")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="fedshare-probe-"))
@@ -81,7 +94,7 @@ def main() -> None:
     rows = []
     for _ in range(args.rounds // args.every):
         session.run_rounds(args.every)
-        rows.append(probe(session, ds, cfg.embedding_dim))
+        rows.append(probe(session, ds, cfg.embedding_dim, args.weights))
         print_table(rows[-1:], list(rows[-1]))
     write_json(args.out, {"rows": rows, "manifest": run_manifest(cfg.as_dict(), cfg.seed, ds.fingerprint),
                           "bench": vars(args)})

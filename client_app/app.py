@@ -18,7 +18,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app.ledger import DONE, PENDING, REFUSED, Ledger, ledger_exists, update_ledger
-from client_app.local_training import GlobalView, LocalHyper, evaluate_local, train_local
+from client_app.local_training import (GlobalView, LocalHyper, ego_user_views, evaluate_local,
+                                      train_local)
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
 from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
@@ -148,18 +149,36 @@ def _hosted(users: np.ndarray, node: NodeData) -> tuple[np.ndarray, torch.Tensor
     return hosted, torch.from_numpy(node.to_local(users[hosted]))
 
 
-def _global_view(payload: ModelPayload, node: NodeData) -> GlobalView:
+def _global_view(payload: ModelPayload, node: NodeData, cfg: RunConfig,
+                 ledger: Ledger) -> GlobalView:
     item_emb = torch.from_numpy(payload.items)
     item_graph = None if payload.graph_items is None else torch.from_numpy(payload.graph_items)
     user_graph = torch.zeros(len(node.users), item_emb.shape[1])
+    user_base = torch.zeros(len(node.users), item_emb.shape[1])
     shares = torch.zeros(len(node.users), dtype=torch.bool)
     if payload.user_index is not None:
         hosted, local = _hosted(payload.user_index, node)  # views of other users are ignored
         user_graph[local] = torch.from_numpy(payload.user_views[hosted])
+        if payload.user_base is not None:
+            user_base[local] = torch.from_numpy(payload.user_base[hosted])
         shares[local] = True
     negatives = None if payload.negatives is None else torch.from_numpy(payload.negatives)
-    return GlobalView(item_emb, item_graph, user_graph, shares, negatives,
-                      _held_share(payload.header, node))
+    weight = _held_share(payload.header, node)
+    if cfg.fusion == "ego" and payload.graph_ego is not None:
+        user_graph = ego_user_views(node.train_local, _in_graph(node, ledger), len(node.users),
+                                    torch.from_numpy(payload.graph_ego),
+                                    torch.from_numpy(payload.graph_degree), user_base,
+                                    cfg.num_layers)
+        shares, weight = torch.ones_like(shares), torch.full_like(weight, cfg.ego_weight)
+    return GlobalView(item_emb, item_graph, user_graph, shares, negatives, weight)
+
+
+def _in_graph(node: NodeData, ledger: Ledger) -> torch.Tensor:
+    """``(n,)`` which of the node's training pairs its users share (the server's graph holds
+    exactly these once they are acknowledged)."""
+    shared = ledger.shared_pairs()
+    key = node.train[:, 0] * node.num_items + node.train[:, 1]
+    return torch.from_numpy(np.isin(key, shared[:, 0] * node.num_items + shared[:, 1]))
 
 
 def _held_share(header: Header, node: NodeData) -> torch.Tensor:
@@ -209,7 +228,7 @@ def train(msg: Message, context: Context) -> Message:
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
                     cfg.cl_temperature, cfg.fusion, cfg.cl_side)
     update = train_local(_user_table(context, cfg, node, header, state_dir), node.train_local,
-                         _global_view(payload, node), hp,
+                         _global_view(payload, node, cfg, ledger), hp,
                          seed=cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id)
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     reply = TrainReply(update.index, update.values, update.counts, update.loss,
@@ -226,7 +245,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     header = payload.header
     _acked_counts(context, header)
     ledger = _ledger(cfg, node, state_dir, header)
-    user_emb, view = _user_table(context, cfg, node, header, state_dir), _global_view(payload, node)
+    user_emb, view = (_user_table(context, cfg, node, header, state_dir),
+                      _global_view(payload, node, cfg, ledger))
     sums = {}
     for split in SPLITS:
         known, truth = split_pairs(split, node.train_local, node.valid_local, node.test_local)

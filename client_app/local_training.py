@@ -72,16 +72,46 @@ def fused_tables(user_emb: torch.Tensor, item_emb: torch.Tensor, view: GlobalVie
     of user u's training interactions the server holds (``view.user_weight``): a user who
     shares everything is scored by the graph model alone, one who shares nothing by the local
     user vector against the fused item views; shapes (n_u, 2d), (I, 2d).
+    ``ego``: the same form with ``g_u`` the user's ego view (:func:`ego_user_views`, over all
+    of the user's interactions) and ``w_u`` the run's ``ego-weight``.
     """
     item_graph = torch.zeros_like(item_emb) if view.item_graph is None else view.item_graph
     if fusion == "concat":
         return torch.cat([user_emb, view.user_graph], 1), torch.cat([item_emb, item_graph], 1)
-    if fusion == "weighted":
+    if fusion in ("weighted", "ego"):   # ego: user_graph holds the ego views, weight ego-weight
         weight = torch.zeros(len(user_emb), 1) if view.user_weight is None \
             else view.user_weight.unsqueeze(1)
         return (torch.cat([weight * view.user_graph, (1 - weight) * user_emb], 1),
                 torch.cat([item_graph, item_emb + item_graph], 1))
     return user_emb + view.user_graph, item_emb + item_graph
+
+
+def ego_user_views(pairs: torch.Tensor, in_graph: torch.Tensor, num_users: int,
+                   item_sum: torch.Tensor, item_degree: torch.Tensor, user_base: torch.Tensor,
+                   num_layers: int) -> torch.Tensor:
+    """``(n_u, d)`` each hosted user's LightGCN view over their *whole* training history.
+
+    The server's graph holds only shared edges, so its view g_u of a user sees only what the
+    user shared. Here the node propagates the server's item layers over the user's full ego
+    graph (CDCGNNFed's device-side view; LightGCN, He et al. SIGIR 2020, eq. 3 and 8):
+
+        ĝ_u = 1/(L+1) · (z_u + Σ_{i∈N(u)} S_i / sqrt(|N(u)| · d_i))
+
+    with ``S`` ``(I, d)`` the item-layer sum (:func:`common.models.lightgcn_item_layer_sum`),
+    ``d_i`` the item's degree in the shared graph plus one for an edge the graph does not hold
+    (a private one), ``N(u)`` all of u's training items and ``z_u`` u's layer-0 row on the
+    server (zero for a user who shares nothing). When everything u has is in the graph this
+    is exactly the server's g_u. Nothing here leaves the node.
+
+    ``pairs`` ``(n, 2)`` [local user, item]; ``in_graph`` ``(n,)`` bool, the pair is shared;
+    ``item_degree`` ``(I,)``; ``user_base`` ``(n_u, d)``.
+    """
+    users, items = pairs[:, 0], pairs[:, 1]
+    degree = (item_degree[items] + (~in_graph).long()).clamp(min=1).float()
+    user_degree = torch.bincount(users, minlength=num_users).float()
+    weight = (user_degree[users] * degree).rsqrt()
+    spread = torch.zeros(num_users, item_sum.shape[1]).index_add_(0, users, item_sum[items] * weight[:, None])
+    return (user_base + spread) / (num_layers + 1)
 
 
 def _user_alignment(user: torch.Tensor, view: GlobalView, user_index: torch.Tensor,

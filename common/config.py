@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -67,7 +68,9 @@ class RunConfig(BaseModel):
     # the dataset fingerprint every node must report ("": the first node's fixes it)
     data_fingerprint_expected: str = Field("", alias="data-fingerprint", max_length=128)
     torch_threads: int = Field(1, ge=1)
-    fusion: Literal["sum", "concat", "weighted"] = "weighted"
+    fusion: Literal["sum", "concat", "weighted", "ego"] = "weighted"
+    # fusion = "ego": weight of the ego-graph score (1: the graph model alone once it exists)
+    ego_weight: float = Field(1.0, ge=0.0, le=1.0)
     # personalized sharing
     sharing_ratio: float = Field(0.5, ge=0.0, le=1.0)
     sharing_distribution: Literal["fixed", "uniform", "all-or-nothing"] = "fixed"
@@ -224,7 +227,25 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_config(run_config: Mapping[str, Any]) -> RunConfig:
-    """Validate a Flower ``run_config`` (kebab-case keys) into a :class:`RunConfig`."""
+    """Validate a Flower ``run_config`` (kebab-case keys) into a :class:`RunConfig`.
+
+    Validated once per distinct config and process: a node validates the same run config on
+    every message (a cross-user simulation sends thousands a round); the model is frozen, so
+    sharing it is safe. Unhashable values (not a Flower config) are validated uncached."""
+    try:
+        key = tuple(sorted(run_config.items()))
+        hash(key)
+    except TypeError:
+        return _validate(run_config)
+    return _validate_cached(key)
+
+
+@lru_cache(maxsize=64)
+def _validate_cached(items: tuple) -> RunConfig:
+    return _validate(dict(items))
+
+
+def _validate(run_config: Mapping[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(dict(run_config))
     except ValidationError as exc:

@@ -87,6 +87,24 @@ def lightgcn_propagate(user_weight: Tensor, item_weight: Tensor, graph: Graph,
     return final[:num_users], final[num_users:]
 
 
+@torch.no_grad()
+def lightgcn_item_layer_sum(user_weight: Tensor, item_weight: Tensor, graph: Graph,
+                            num_layers: int) -> Tensor:
+    """``(I, d)`` S = Σ_{k=0..L-1} E_I^(k): the item layers a user's propagation reads.
+
+    LightGCN's user output is e_u = 1/(L+1) · (e_u^(0) + Σ_{k=1..L} e_u^(k)) with
+    e_u^(k+1) = Σ_{i∈N(u)} e_i^(k) / sqrt(|N(u)| |N(i)|) (SIGIR 2020, eq. 3 and 8), so
+    Σ_{k=1..L} e_u^(k) = Σ_{i∈N(u)} S_i / sqrt(|N(u)| |N(i)|): with S and the item degrees
+    anyone who knows N(u) can compute e_u without the rest of the graph.
+    """
+    layer = torch.cat([user_weight, item_weight], dim=0)
+    layer_sum = torch.zeros_like(item_weight)
+    for _ in range(num_layers):
+        layer_sum = layer_sum + layer[graph.num_users:]
+        layer = _CONV(layer, graph.adj)
+    return layer_sum
+
+
 def _embedding(num_rows: int, embedding_dim: int, init_std: float) -> nn.Embedding:
     """An ``(num_rows, d)`` table initialised N(0, init_std²) (LightGCN reference init)."""
     table = nn.Embedding(num_rows, embedding_dim)

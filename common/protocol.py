@@ -174,7 +174,11 @@ class ModelPayload:
 
     ``items`` (I, d) the FedAvg item table; ``graph_items`` (I, d) the server's item views;
     ``user_index`` (n,) / ``user_views`` (n, d) global views of the node's own sharing users;
-    ``negatives`` (k, d) pooled contrastive negatives (train only)."""
+    ``negatives`` (k, d) pooled contrastive negatives (train only). With ``fusion = "ego"``
+    also ``graph_ego`` (I, d) the item-layer sum and ``graph_degree`` (I,) the item degrees of
+    the shared graph (the same for every node), and ``user_base`` (n, d) the layer-0 rows of
+    the node's sharing users, from which the node computes its users' views over their whole
+    history (docs/design.md, "Ego views")."""
 
     header: Header
     items: np.ndarray
@@ -182,6 +186,9 @@ class ModelPayload:
     user_index: np.ndarray | None = None
     user_views: np.ndarray | None = None
     negatives: np.ndarray | None = None
+    graph_ego: np.ndarray | None = None
+    graph_degree: np.ndarray | None = None
+    user_base: np.ndarray | None = None
 
     def shared_records(self) -> dict[str, ArrayRecord]:
         """The records every node of a phase receives alike (item table, graph item views):
@@ -189,6 +196,8 @@ class ModelPayload:
         shared = {"items": to_record(weight=self.items)}
         if self.graph_items is not None:
             shared["graph"] = to_record(items=self.graph_items)
+        if self.graph_ego is not None:
+            shared["ego"] = to_record(items=self.graph_ego, degree=_int64(self.graph_degree))
         return shared
 
     def to_content(self, shared: dict[str, ArrayRecord] | None = None) -> RecordDict:
@@ -197,7 +206,8 @@ class ModelPayload:
         for name, record in (shared or self.shared_records()).items():
             content[name] = record
         if self.user_index is not None:
-            content["users"] = to_record(index=_int64(self.user_index), values=self.user_views)
+            rows = {} if self.user_base is None else {"base": self.user_base}
+            content["users"] = to_record(index=_int64(self.user_index), values=self.user_views, **rows)
         if self.negatives is not None:
             content["negatives"] = to_record(values=self.negatives)
         return content
@@ -206,14 +216,22 @@ class ModelPayload:
     def from_content(cls, content: RecordDict) -> "ModelPayload":
         items = _arrays(content, "items", {"weight": ("float32", 2)})["weight"]
         graph = users = negatives = None
+        ego = {"items": None, "degree": None}
         if "graph" in content.array_records:
             graph = _arrays(content, "graph", {"items": ("float32", 2)})["items"]
+        if "ego" in content.array_records:
+            ego = _arrays(content, "ego", {"items": ("float32", 2), "degree": ("int64", 1)})
+            if not (ego["items"].shape == items.shape and ego["degree"].shape == items.shape[:1]):
+                raise ProtocolError("ego tables do not match the item table")
         if "users" in content.array_records:
             users = _arrays(content, "users", {"index": ("int64", 1), "values": ("float32", 2)})
+            if "base" in content.array_records["users"]:
+                users["base"] = _array(content.array_records["users"], "base", "float32", 2)
         if "negatives" in content.array_records:
             negatives = _arrays(content, "negatives", {"values": ("float32", 2)})["values"]
         index, views = (users["index"], users["values"]) if users else (None, None)
-        return cls(Header.from_content(content), items, graph, index, views, negatives)
+        return cls(Header.from_content(content), items, graph, index, views, negatives,
+                   ego["items"], ego["degree"], users.get("base") if users else None)
 
 
 # --------------------------------------------------------------------- node -> server

@@ -20,7 +20,20 @@ import torch
 
 from common.graph import Graph
 from common.losses import bpr_loss, info_nce, l2_penalty
-from common.models import lightgcn_propagate
+from common.models import lightgcn_item_layer_sum, lightgcn_propagate
+
+
+@dataclass(frozen=True)
+class EgoTables:
+    """What a node needs to compute its users' LightGCN views over their *whole* history
+    (``fusion = "ego"``, docs/design.md "Ego views"): ``items`` ``(I, d)`` the item-layer sum
+    S (:func:`common.models.lightgcn_item_layer_sum`), zero for items with no shared edge
+    (their layers hold nothing learned); ``degree`` ``(I,)`` item degrees in the shared graph;
+    ``users`` ``(U, d)`` layer-0 user rows (a node receives only its sharing users' rows)."""
+
+    items: torch.Tensor
+    degree: torch.Tensor
+    users: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,15 @@ class ServerGraphModel:
             users = users * (degree[: graph.num_users] > 0).unsqueeze(1)
             items = items * (degree[graph.num_users:] > 0).unsqueeze(1)
         return users, items
+
+    def ego_tables(self, graph: Graph) -> EgoTables:
+        degree = torch.bincount(graph.edge_index[0], minlength=graph.num_users + graph.num_items)
+        item_degree = degree[graph.num_users:]
+        with torch.no_grad():
+            items = lightgcn_item_layer_sum(self.user_weight, self.item_weight, graph,
+                                            self.hp.num_layers) * (item_degree > 0).unsqueeze(1)
+            users = self.user_weight.detach() * (degree[: graph.num_users] > 0).unsqueeze(1)
+        return EgoTables(items, item_degree, users.clone())
 
     def propagated(self, graph: Graph | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unmasked propagated tables (what the model remembers), for forgetting metrics."""

@@ -25,7 +25,7 @@ from common.graph import Graph, build_graph
 from common.protocol import UnshareAnswer
 from server_app.aggregation import RowUpdate, aggregate_rows
 from server_app.edge_store import EdgeStore
-from server_app.graph_model import ServerGraphModel, ServerHyper
+from server_app.graph_model import EgoTables, ServerGraphModel, ServerHyper
 from server_app.nodes import NodeRegistry
 from server_app.records import Catalog, RoundRecord
 from server_app.state_file import clean_start, erase_in_other_runs, read_state, write_state
@@ -66,6 +66,7 @@ class ServerState:
         self.taint: Taint | None = None
         self.history: list[RoundRecord] = []
         self.views: tuple[np.ndarray, np.ndarray] | None = None
+        self.ego: EgoTables | None = None   # derived with the views when fusion = "ego"
         self._graph: tuple[EdgeStore | None, Graph | None] = (None, None)  # (of store, graph)
         self._saved_edges: EdgeStore | None = None
 
@@ -87,6 +88,7 @@ class ServerState:
         self.model = ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim,
                                       hp, seed=cfg.seed + 2)
         self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
+        self.ego = None
         self.maybe_snapshot(0)
 
     def new_generation(self) -> None:
@@ -143,7 +145,7 @@ class ServerState:
                                     self.catalog.num_items)
             self._graph = (self.edges, graph)
             if graph is None:
-                self.views = None
+                self.views, self.ego = None, None
         return graph
 
     def forget(self, old_graph: Graph, pairs: np.ndarray, entered: int, hops: int) -> None:
@@ -182,6 +184,7 @@ class ServerState:
     def refresh_views(self) -> None:
         users, items = self.model.views(self.graph)
         self.views = (users.numpy(), items.numpy())
+        self.ego = self.model.ego_tables(self.graph) if self.cfg.fusion == "ego" else None
 
     def pooled_negatives(self, rng: np.random.Generator, count: int, pool: int):
         """``(count, d)`` means of ``pool`` random sharing users' global views, or None.

@@ -80,9 +80,13 @@ class FedShareStrategy:
         if negatives and self.cfg.cl_weight > 0:
             pooled = state.pooled_negatives(self.rng, self.cfg.cl_negatives,
                                             self.cfg.cl_negative_pool)
+        ego = state.ego
         return ModelPayload(header, state.item_emb, item_views,
                             users if len(users) else None,
-                            user_views[users] if len(users) else None, pooled)
+                            user_views[users] if len(users) else None, pooled,
+                            None if ego is None else ego.items.numpy(),
+                            None if ego is None else ego.degree.numpy(),
+                            None if ego is None or not len(users) else ego.users[users].numpy())
 
     def _exchange(self, grid, messages: list[Message], phase: str, stats: PhaseStats,
                   rnd: int) -> Replies:

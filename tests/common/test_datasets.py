@@ -282,6 +282,21 @@ def test_users_slice() -> None:
     assert base.users_slice(np.arange(3)).fingerprint == base.fingerprint
 
 
+@pytest.mark.parametrize("users", [[5], [0, 1, 2], [3, 9, 4], [19, 0], [], [7, 7]])
+def test_users_slice_is_exactly_the_rows_of_those_users(users: list[int]) -> None:
+    rng = np.random.default_rng(0)
+    pairs = np.unique(rng.integers(0, [20, 30], size=(300, 2)), axis=0)   # sorted by (user, item)
+    base = make_dataset(num_users=20, num_items=30, train=pairs, test=pairs[::7])
+    part = base.users_slice(np.array(users, dtype=np.int64))
+    np.testing.assert_array_equal(part.train, pairs[np.isin(pairs[:, 0], users)])
+    np.testing.assert_array_equal(part.test, pairs[::7][np.isin(pairs[::7, 0], users)])
+
+
+def test_pairs_not_sorted_by_user_are_refused() -> None:
+    with pytest.raises(ValueError, match="train pairs must be sorted by user"):
+        make_dataset(train=np.array([[1, 2], [0, 1]]))
+
+
 # --------------------------------------------------------------------------- download helpers (no network)
 
 

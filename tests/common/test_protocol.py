@@ -1,6 +1,8 @@
 """The message protocol: every payload survives to_content -> from_content, replies carry
 exactly their declared records, and structural errors are named."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -43,6 +45,9 @@ PAYLOADS = [
                                                  for m in ("recall", "ndcg") for k in (10, 20, 50)}}
                    for split in ("valid", "test")}),
 ]
+EGO = ModelPayload(HEADER, RNG.random((5, 4), np.float32), RNG.random((5, 4), np.float32),
+                   I64(4), RNG.random((1, 4), np.float32), None, RNG.random((5, 4), np.float32),
+                   I64(0, 3, 1, 0, 2), RNG.random((1, 4), np.float32))
 WITH_RIDER = [
     ShareReply(I64(1, 2), I64(3, 4), 10, 20, "abc", RIDING),
     TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
@@ -51,7 +56,7 @@ WITH_RIDER = [
 ]
 
 
-@pytest.mark.parametrize("payload", PAYLOADS + WITH_RIDER, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("payload", PAYLOADS + WITH_RIDER + [EGO], ids=lambda p: type(p).__name__)
 def test_round_trip(payload):
     _same(payload, type(payload).from_content(payload.to_content()))
 
@@ -67,6 +72,12 @@ def test_prebuilt_shared_records_are_reused_and_decode_the_same():
         content = payload.to_content(shared)
         assert content["items"] is shared["items"] and content["graph"] is shared["graph"]
         _same(payload, ModelPayload.from_content(content))
+
+
+def test_ego_tables_that_do_not_match_the_item_table_are_refused():
+    content = replace(EGO, graph_degree=I64(1, 2)).to_content()
+    with pytest.raises(ProtocolError, match="ego tables do not match the item table"):
+        ModelPayload.from_content(content)
 
 
 def test_reply_records_are_exactly_the_declared_ones():
