@@ -235,7 +235,7 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
     """
     run = _start(ds, model, embedding_dim, num_layers, lr, seed)
     with progress.bar(epochs, f"{model} epochs", enabled=show_progress, unit="epoch",
-                      leave=False) as bar:
+                      leave=None) as bar:   # None: kept unless nested in another bar
         state, best_weights, curve, eval_seconds = _fit(
             run, ds, epochs, batch_size, reg, eval_every,
             Selection(metric=metric, patience=patience), log, bar)

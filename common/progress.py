@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -29,7 +30,7 @@ def _disabled(enabled: bool) -> bool | None:
 
 
 def bar(total: float | None, desc: str, *, enabled: bool = True, unit: str = "it",
-        leave: bool = True, **options) -> tqdm:
+        leave: bool | None = True, **options) -> tqdm:
     """A progress bar of ``total`` steps (None: unknown) labelled ``desc``; use it as a
     context manager and call ``update``. ``options`` go to tqdm (e.g. ``unit_scale``)."""
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=_disabled(enabled),
@@ -53,10 +54,11 @@ def redirect_logging(*names: str) -> Iterator[None]:
         yield
 
 
-def mean_of_last(values: Sequence[float], most: int = 5) -> float | None:
-    """The mean of the last ``most`` values (recent steps predict the next ones best)."""
+def median_of_last(values: Sequence[float], most: int = 5) -> float | None:
+    """The median of the last ``most`` values: recent steps predict the next ones best, and
+    one slow step (the first, with its start-up) does not sway it."""
     recent = list(values)[-most:]
-    return sum(recent) / len(recent) if recent else None
+    return statistics.median(recent) if recent else None
 
 
 def format_seconds(seconds: float) -> str:

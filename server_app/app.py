@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.atomic import atomic_write_json
 from common.config import RunConfig, load_config
 from common.manifest import run_manifest
-from common.progress import format_seconds, mean_of_last
+from common.progress import format_seconds, median_of_last
 from server_app.records import RoundRecord
 from server_app.state import ServerState
 from server_app.strategy import FedShareStrategy, Tap, selection
@@ -64,18 +64,18 @@ def _progress(record: RoundRecord, cfg: RunConfig, history: list[RoundRecord]) -
 
 
 def _time_left(rnd: int, cfg: RunConfig, history: list[RoundRecord]) -> str:
-    """`` | ~3m05s left``: the rounds after ``rnd`` at the recent mean round time without
-    evaluation, plus the evaluations still due at the recent mean evaluation time (``≥``
+    """`` | ~3m05s left``: the rounds after ``rnd`` at the recent (median) round time without
+    evaluation, plus the evaluations still due at the recent evaluation time (``≥``
     while none was measured yet); ``patience`` may stop the run sooner."""
     left = range(rnd + 1, cfg.num_rounds + 1)
     done = [r for r in history if not r.skipped]
     if not left or not done:
         return ""
     evals = [r.phases["evaluate"].seconds for r in done if "evaluate" in r.phases]
-    plain = mean_of_last([r.seconds - r.phases["evaluate"].seconds if "evaluate" in r.phases
+    plain = median_of_last([r.seconds - r.phases["evaluate"].seconds if "evaluate" in r.phases
                           else r.seconds for r in done])
     evals_left = sum(cfg.evaluates(k) for k in left)
-    seconds = len(left) * plain + evals_left * (mean_of_last(evals) or 0.0)
+    seconds = len(left) * plain + evals_left * (median_of_last(evals) or 0.0)
     return f" | {'≥' if evals_left and not evals else '~'}{format_seconds(seconds)} left"
 
 

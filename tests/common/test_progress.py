@@ -15,9 +15,10 @@ def test_format_seconds():
         ["0s", "45s", "3m05s", "2h07m"]
 
 
-def test_mean_of_last():
-    assert progress.mean_of_last([]) is None
-    assert progress.mean_of_last([100.0, 1.0, 2.0, 3.0], most=3) == 2.0
+def test_median_of_last():
+    assert progress.median_of_last([]) is None
+    assert progress.median_of_last([100.0, 1.0, 2.0, 3.0], most=3) == 2.0
+    assert progress.median_of_last([30.0, 1.0, 2.0]) == 2.0    # a slow first round: ignored
 
 
 @pytest.mark.parametrize("forced, drawn", [("1", True), ("", False), ("0", False)])

@@ -27,8 +27,10 @@ def test_a_lower_bound_until_an_evaluation_was_timed():
     assert _time_left(3, CFG, history) == " | ≥2m20s left"      # 7 rounds, 2 evaluations due
 
 
-def test_the_recent_rounds_count_and_the_last_round_says_nothing():
-    history = [_round(1, 600.0)] + [_round(r, 1.0) for r in range(2, 7)]
+def test_a_slow_first_round_does_not_sway_it_and_the_last_round_says_nothing():
+    history = [_round(1, 600.0)] + [_round(r, 1.0) for r in range(2, 4)]
+    assert _time_left(3, load_config({"num-rounds": 10, "eval-every": 0}), history) == " | ~7s left"
+    history += [_round(r, 1.0) for r in range(4, 7)]
     assert _time_left(6, load_config({"num-rounds": 10, "eval-every": 0}), history) == " | ~4s left"
     assert _time_left(10, CFG, history) == ""
     assert _time_left(1, CFG, [RoundRecord(1, skipped=True)]) == ""
