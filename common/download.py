@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m common.download")
                         help="use this local archive instead of downloading (still md5-checked)")
     parser.add_argument("--force", action="store_true", help="reinstall even if present")
     args = parser.parse_args(argv)
+    if args.archive is not None and not args.archive.is_file():
+        parser.error(f"--zip {args.archive}: no such file")
     try:
         folder = install(args.name, args.root, archive=args.archive, force=args.force)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:

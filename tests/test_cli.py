@@ -78,6 +78,7 @@ def test_every_command_has_help(name, capsys):
     (["audit", "--state-dir", "."], "give --pairs FILE or --user U --items"),
     (["centralized", "--dataset", "no-such-data"], "unknown dataset 'no-such-data'"),
     (["download", "ml-10m"], "invalid choice: 'ml-10m'"),
+    (["download", "ml-100k", "--zip", "/no/such.zip"], "--zip /no/such.zip: no such file"),
 ])
 def test_bad_arguments_exit_2_naming_the_problem(argv, needle, capsys):
     code, out, err = _cli(capsys, *argv)
