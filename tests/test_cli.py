@@ -99,6 +99,17 @@ def test_bad_arguments_of_the_scripts_exit_2(argv, needle, tmp_path):
     assert needle in done.stderr and f"fedshare {argv[0]}" in done.stderr, done.stderr
 
 
+def test_federation_actions_run_the_script(tmp_path):
+    env = {"FED_RUN_DIR": str(tmp_path / "fed")}
+    status = _cli_process("federation", "status", env=env)
+    assert status.returncode == 3 and "no federation recorded" in status.stdout, status
+    plan = _cli_process("federation", "--nodes", "2", "--superlink-port", "18000",
+                        "print-commands", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "flower-superlink --insecure" in plan.stdout and "--port 18000" in plan.stdout
+    assert plan.stdout.count("flower-supernode ") == 2
+
+
 def _run(tmp_path, rounds: int) -> dict:
     """A FedShare run named 'cli' (resumed when started again) of 3 in-process nodes."""
     return run_inprocess({"max-users": 60, "num-rounds": rounds, "eval-every": 0,
