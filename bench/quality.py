@@ -194,11 +194,13 @@ def main() -> None:
     print(f"{args.dataset}: {nodes} nodes ({args.setting}), plan {args.plan}", flush=True)
     plan = plan_rows(args, base, nodes)
     central = [] if args.plan != "main" or args.no_centralized else ["lightgcn", "bprmf"]
-    total = sum(len(grid) for _, _, grid in plan) + len(central) * len(parse_grid(args.central_grid))
+    total = (sum(len(grid) for _, _, grid in plan)
+             + len(central) * len(parse_grid(args.central_grid)))
     rows = []
     # one bar over every run of the plan (its ETA assumes runs of equal length); the server's
     # per-round log lines (with their own time-left estimate) scroll above it
-    with progress.redirect_logging("flwr"), progress.bar(total, "benchmark runs", unit="run") as bar:
+    with progress.redirect_logging("flwr"), \
+            progress.bar(total, "benchmark runs", unit="run") as bar:
         for method, fixed, grid in plan:
             rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting,
                                   f"{args.out}.runs.jsonl", bar))

@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m client_app.cli") 
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:   # e.g. a full disk: the atomic write left the old ledger in place
-        print(f"{prog} {args.command}: error: could not update the ledger in {args.state_dir}: {exc.strerror or exc} "
-              "(nothing was changed)", file=sys.stderr)
+        print(f"{prog} {args.command}: error: could not update the ledger in {args.state_dir}: "
+              f"{exc.strerror or exc} (nothing was changed)", file=sys.stderr)
         return 2
 
 

@@ -20,7 +20,8 @@ import json, sys
 from importlib.metadata import distribution
 from pathlib import Path
 url = json.loads(distribution("fedshare").read_text("direct_url.json"))["url"]
-sys.exit(url != Path(sys.argv[1]).resolve().as_uri() or not (Path(sys.prefix) / "bin/fedshare").exists())
+installed_here = url == Path(sys.argv[1]).resolve().as_uri()
+sys.exit(not installed_here or not (Path(sys.prefix) / "bin" / "fedshare").exists())
 PY
   "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
 fi

@@ -73,7 +73,7 @@ def _time_left(rnd: int, cfg: RunConfig, history: list[RoundRecord]) -> str:
         return ""
     evals = [r.phases["evaluate"].seconds for r in done if "evaluate" in r.phases]
     plain = median_of_last([r.seconds - r.phases["evaluate"].seconds if "evaluate" in r.phases
-                          else r.seconds for r in done])
+                            else r.seconds for r in done])
     evals_left = sum(cfg.evaluates(k) for k in left)
     seconds = len(left) * plain + evals_left * (median_of_last(evals) or 0.0)
     return f" | {'≥' if evals_left and not evals else '~'}{format_seconds(seconds)} left"
