@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common_args import print_table, write_json  # noqa: E402
+from common import progress  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
@@ -80,16 +81,20 @@ def federated_run(base: dict, overrides: dict, nodes: int) -> dict:
 
 
 def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int,
-              setting: str, progress: str | None = None) -> dict:
-    """Every grid point under ``fixed``; the row is the one with the best validation NDCG@20."""
+              setting: str, runs_log: str | None = None, bar=None) -> dict:
+    """Every grid point under ``fixed``; the row is the one with the best validation NDCG@20.
+    Each finished run is appended to ``runs_log`` and advances ``bar``."""
     runs = []
     for point in grid:
         runs.append(federated_run(base, {**fixed, **point}, nodes))
-        if progress is not None:  # every finished run is kept, even if the grid is cut short
-            with open(progress, "a") as sink:
+        if runs_log is not None:  # every finished run is kept, even if the grid is cut short
+            with open(runs_log, "a") as sink:
                 sink.write(json.dumps({"method": method, **runs[-1]}) + "\n")
-        print(f"  {method} {runs[-1]['config']}: valid ndcg@20 {runs[-1]['valid_ndcg@20']:.4f} "
-              f"at round {runs[-1]['best_round']} ({runs[-1]['seconds']} s)", flush=True)
+        progress.write(f"  {method} {runs[-1]['config']}: valid ndcg@20 "
+                       f"{runs[-1]['valid_ndcg@20']:.4f} at round {runs[-1]['best_round']} "
+                       f"({runs[-1]['seconds']} s)")
+        if bar is not None:
+            bar.update(1)
     best = max(runs, key=lambda run: run["valid_ndcg@20"])
     return {"method": method, "sharing_ratio": fixed.get("sharing-ratio", base["sharing-ratio"]),
             "setting": setting, **{k: best["test"][k] for k in METRICS},
@@ -99,7 +104,7 @@ def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int
                      for r in runs], "curve": best["curve"], "manifest": best["manifest"]}
 
 
-def centralized_row(cfg, model: str, args) -> dict:
+def centralized_row(cfg, model: str, args, bar=None) -> dict:
     """Centralized ``model`` tuned over ``--central-grid`` (lr, reg), chosen on validation."""
     ds, runs = cfg.load_data(), []
     for point in parse_grid(args.central_grid):
@@ -107,10 +112,13 @@ def centralized_row(cfg, model: str, args) -> dict:
         result = train_centralized(ds, model, args.central_epochs, lr=point["lr"],
                                    reg=point.get("reg", 1e-4), batch_size=args.central_batch_size,
                                    eval_every=args.central_eval_every,
-                                   patience=args.central_patience, log=lambda *a, **k: None)
+                                   patience=args.central_patience, log=lambda *a, **k: None,
+                                   show_progress=True)
         runs.append((point, result))
-        print(f"  centralized-{model} {point}: valid ndcg@20 {result['valid_metrics']['ndcg@20']:.4f} "
-              f"at epoch {result['best_epoch']}", flush=True)
+        progress.write(f"  centralized-{model} {point}: valid ndcg@20 "
+                       f"{result['valid_metrics']['ndcg@20']:.4f} at epoch {result['best_epoch']}")
+        if bar is not None:
+            bar.update(1)
     point, result = max(runs, key=lambda run: run[1]["valid_metrics"]["ndcg@20"])
     config = {"model": model, "epochs": args.central_epochs, "batch_size": args.central_batch_size,
               **point}
@@ -184,15 +192,25 @@ def main() -> None:
     cfg = load_config(base)
     nodes = cfg.load_data().num_users if args.setting == "cross-user" else args.nodes
     print(f"{args.dataset}: {nodes} nodes ({args.setting}), plan {args.plan}", flush=True)
+    plan = plan_rows(args, base, nodes)
+    central = [] if args.plan != "main" or args.no_centralized else ["lightgcn", "bprmf"]
+    total = (sum(len(grid) for _, _, grid in plan)
+             + len(central) * len(parse_grid(args.central_grid)))
     rows = []
-    for method, fixed, grid in plan_rows(args, base, nodes):
-        rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting, f"{args.out}.runs.jsonl"))
-        print_table(rows[-1:], COLUMNS)
-        write_json(args.out, rows)
-    if args.plan == "main" and not args.no_centralized:
-        for model in ("lightgcn", "bprmf"):
-            rows.append(centralized_row(cfg, model, args))
-            write_json(args.out, rows)
+    # one bar over every run of the plan (its ETA assumes runs of equal length); the server's
+    # per-round log lines (with their own time-left estimate) scroll above it
+    with progress.redirect_logging("flwr"), \
+            progress.bar(total, "benchmark runs", unit="run") as bar:
+        for method, fixed, grid in plan:
+            rows.append(tuned_row(method, base, fixed, grid, nodes, args.setting,
+                                  f"{args.out}.runs.jsonl", bar))
+            with progress.above_bars():
+                print_table(rows[-1:], COLUMNS)
+                write_json(args.out, rows)
+        for model in central:
+            rows.append(centralized_row(cfg, model, args, bar))
+            with progress.above_bars():
+                write_json(args.out, rows)
     for row in rows:
         row["bench"] = vars(args)
     print()

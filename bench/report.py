@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -79,23 +80,45 @@ def curves_plot(rows: list[dict], path: Path) -> None:
     _finish(fig, ax, path, "round (epoch for centralized)", "validation NDCG@20", 7)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+")
+def _rows(parser: argparse.ArgumentParser, inputs: list[str]) -> list[dict]:
+    """The rows of every input file; a usage error naming the file that cannot be read."""
+    rows = []
+    for path in inputs:
+        try:
+            loaded = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"{path}: not a readable benchmark JSON file ({exc})")
+        if not isinstance(loaded, list) or not all(isinstance(r, dict) and "method" in r
+                                                   for r in loaded):
+            parser.error(f"{path}: not a list of benchmark rows (bench/quality.py output)")
+        rows += loaded
+    return rows
+
+
+def _references(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in (item.rsplit("=", 1) for item in items)}
+    except ValueError:
+        parser.error(f"--reference takes NAME=NDCG values, got {items}")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="bench/quality.py result JSON files")
     parser.add_argument("--plots", default="docs/img", help="folder for the PNG files")
     parser.add_argument("--name", required=True, help="file name prefix of the plots")
     parser.add_argument("--reference", nargs="*", default=[], metavar="NAME=NDCG",
                         help="extra reference lines, e.g. 'centralized LightGCN=0.3311'")
     args = parser.parse_args(argv)
-    rows = [row for path in args.inputs for row in json.loads(Path(path).read_text())]
+    rows, references = _rows(parser, args.inputs), _references(parser, args.reference)
     print(markdown_table(rows))
     out = Path(args.plots)
     out.mkdir(parents=True, exist_ok=True)
-    references = {k: float(v) for k, v in (item.rsplit("=", 1) for item in args.reference)}
     sweep_plot(rows, out / f"{args.name}-sweep.png", references)
     curves_plot(rows, out / f"{args.name}-curves.png")
     print(f"\nplots: {out / f'{args.name}-sweep.png'}, {out / f'{args.name}-curves.png'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -82,39 +82,48 @@ def _id(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client_app.cli",
-                                     description=__doc__.splitlines()[0])
+STATE_DIR_HELP = "the node's state folder, where its ledger.json is (node config state-dir)"
+EPILOG = "exit code: 0 done (or nothing to change), 2 bad arguments, or a user, item or folder " \
+         "they name is unknown (the message says which; nothing was changed)"
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+                                     epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"share": "share more (items, or raise the ratio)",
              "unshare": "withdraw shared interactions (items, all, or lower the ratio)",
              "set-ratio": "share exactly this fraction of the user's interactions"}
     for name, text in helps.items():
-        command = sub.add_parser(name, help=text)
-        command.add_argument("--state-dir", required=True)
-        command.add_argument("--user", type=_id, required=True)
+        command = sub.add_parser(name, help=text, description=text, epilog=EPILOG)
+        command.add_argument("--state-dir", required=True, help=STATE_DIR_HELP)
+        command.add_argument("--user", type=_id, required=True, help="the user's id")
         which = command.add_mutually_exclusive_group(required=True)
         if name != "set-ratio":
-            which.add_argument("--items", type=_id, nargs="+")
+            which.add_argument("--items", type=_id, nargs="+", help="item ids of the user's "
+                               "training interactions")
         if name == "unshare":
-            which.add_argument("--all", action="store_true")
-        which.add_argument("--ratio", type=float)
-    status = sub.add_parser("status", help="show shared counts and requests")
-    status.add_argument("--state-dir", required=True)
-    status.add_argument("--user", type=_id)
+            which.add_argument("--all", action="store_true", help="everything the user shares")
+        which.add_argument("--ratio", type=float, help="a fraction in [0, 1] of the user's "
+                           "training interactions, in the sharing policy's order")
+    status = sub.add_parser("status", help="show shared counts and requests",
+                            description="shared counts and withdrawal requests", epilog=EPILOG)
+    status.add_argument("--state-dir", required=True, help=STATE_DIR_HELP)
+    status.add_argument("--user", type=_id, help="only this user (default: every user)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m client_app.cli") -> int:
+    """Run one command; 0 done, 2 a bad argument or ledger (the message names it)."""
+    args = _parser(prog).parse_args(argv)
     try:
         return _status(args) if args.command == "status" else _apply(args)
     except LedgerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:   # e.g. a full disk: the atomic write left the old ledger in place
-        print(f"error: could not update the ledger in {args.state_dir}: {exc.strerror or exc} "
-              "(nothing was changed)", file=sys.stderr)
+        print(f"{prog} {args.command}: error: could not update the ledger in {args.state_dir}: "
+              f"{exc.strerror or exc} (nothing was changed)", file=sys.stderr)
         return 2
 
 

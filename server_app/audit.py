@@ -182,20 +182,41 @@ def audit_live(state, pairs: np.ndarray) -> AuditReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server_app.audit", description=__doc__.splitlines()[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+                                     epilog="exit code: 0 clean, 1 traces found, 2 bad arguments")
     parser.add_argument("--state-dir", required=True, nargs="+",
                         help="server root or run directories, results and log directories")
     parser.add_argument("--pairs", help="JSON file with [[user, item], ...]")
     parser.add_argument("--user", type=int)
     parser.add_argument("--items", type=int, nargs="+")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _pairs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> np.ndarray:
+    """The (m, 2) pairs asked about; a usage error (exit 2) naming what is wrong otherwise."""
     if args.pairs:
-        pairs = np.asarray(json.loads(Path(args.pairs).read_text()), dtype=np.int64).reshape(-1, 2)
-    elif args.user is not None and args.items:
-        pairs = np.array([(args.user, i) for i in args.items], dtype=np.int64)
-    else:
-        parser.error("give --pairs FILE or --user U --items I [I ...]")
+        try:
+            pairs = np.asarray(json.loads(Path(args.pairs).read_text()), dtype=np.int64)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(f"--pairs {args.pairs}: not a readable JSON list of [user, item] "
+                         f"pairs ({exc})")
+        if pairs.size == 0 or pairs.ndim != 2 or pairs.shape[1] != 2:
+            parser.error(f"--pairs {args.pairs}: expected [[user, item], ...], got shape "
+                         f"{pairs.shape}")
+        return pairs
+    if args.user is not None and args.items:
+        return np.array([(args.user, i) for i in args.items], dtype=np.int64)
+    parser.error("give --pairs FILE or --user U --items I [I ...]")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m server_app.audit") -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    pairs = _pairs(args, parser)
+    missing = [d for d in args.state_dir if not Path(d).is_dir()]
+    if missing:   # a mistyped folder would otherwise be reported clean with 0 files scanned
+        parser.error(f"--state-dir: no such directory: {', '.join(missing)}")
     report = audit_state_dir(*map(Path, args.state_dir), pairs=pairs)
     for finding in report.findings:
         print(finding)

@@ -305,7 +305,7 @@ class FedShareStrategy:
         record.graph_changed = state.edges is not edges_before
         record.generation = state.generation
         record.lost_nodes = self._lost_nodes(record.phase("train").lost)
-        if self.cfg.eval_every and (rnd % self.cfg.eval_every == 0 or rnd == self.cfg.num_rounds):
+        if self.cfg.evaluates(rnd):
             record.phases["evaluate"], metrics = self.evaluate(grid, self.eval_nodes(all_nodes), rnd)
             record.metrics, record.valid_metrics = metrics.get("test", {}), metrics.get("valid", {})
         return record

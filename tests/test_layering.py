@@ -1,6 +1,8 @@
 """The direction of imports (docs/design.md, "Layout and dependencies"), read from the source:
 common/ imports no Flower outside protocol.py, the two apps never import each other, the
-packages never import the harness, the benchmarks or the tests, and tests never import bench/."""
+packages never import the harness, the benchmarks or the tests, the command line (fedshare/)
+dispatches to the apps and tools but never imports the harness or the tests, and tests never
+import bench/."""
 
 import ast
 from pathlib import Path
@@ -30,6 +32,7 @@ FORBIDDEN = {
     "client_app": {"server_app", "harness", "bench", "tests"},
     "server_app": {"client_app", "harness", "bench", "tests"},
     "harness": {"bench", "tests"},
+    "fedshare": {"harness", "tests"},
     "tests": {"bench"},
 }
 
@@ -53,6 +56,7 @@ def test_only_the_edges_know_flower():
     (which sends Messages)."""
     allowed = {"common/protocol.py", "client_app/app.py", "server_app/app.py",
                "server_app/strategy.py"}
-    users = {p.relative_to(ROOT).as_posix() for folder in ("common", "client_app", "server_app")
+    users = {p.relative_to(ROOT).as_posix()
+             for folder in ("common", "client_app", "server_app", "fedshare")
              for p in _files(folder) if "flwr" in _imports(p)}
     assert users <= allowed, users - allowed
