@@ -68,7 +68,7 @@ class RunConfig(BaseModel):
     # the dataset fingerprint every node must report ("": the first node's fixes it)
     data_fingerprint_expected: str = Field("", alias="data-fingerprint", max_length=128)
     torch_threads: int = Field(1, ge=1)
-    fusion: Literal["sum", "concat", "weighted", "ego"] = "weighted"
+    fusion: Literal["sum", "concat", "weighted", "ego"] = "ego"
     # fusion = "ego": weight of the ego-graph score (1: the graph model alone once it exists)
     ego_weight: float = Field(1.0, ge=0.0, le=1.0)
     # personalized sharing
