@@ -33,7 +33,7 @@ from common.sharing import hash_uniform
 
 METHODS = ("ubp", "ibp", "inbp", "random")
 HASH_PLACEMENTS = ("user", "random")
-_SALT_SHARD = 0x5EED_0003
+_SALT_SHARD = 0x5EED_0005   # (0x5EED_0001..4: common.sharing)
 
 
 def capped_greedy_assign(distance: np.ndarray, capacity: np.ndarray) -> np.ndarray:
