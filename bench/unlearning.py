@@ -111,6 +111,7 @@ def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, arg
         update={"unlearning_method": method}))
     withdrawn = withdraw(session, *SCENARIOS[scenario][:2], args.seed, SCENARIOS[scenario][2])
     rounds = args.learn_rounds if method == "retrain" else args.unlearn_rounds
+    shards = list(session.state.model.shards) if method == "receraser" else []
     records = session.run_rounds(rounds)
     metrics = session.evaluate()
     row = {"scenario": scenario, "method": method, "withdrawn_pairs": len(withdrawn),
@@ -119,6 +120,8 @@ def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, arg
            "unlearn_seconds": unlearn_seconds(records, method),
            "storage_bytes": storage_bytes(session, method),
            "fru_storage_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
+    if method == "receraser":   # sub-models replaced by a retraining
+        row["shards_retrained"] = sum(a is not b for a, b in zip(shards, session.state.model.shards))
     return row
 
 
