@@ -6,7 +6,8 @@
 On ``ml-1m-receraser`` with LightGCN (the settings of ``bench/receraser.py``): the partition's
 shards are trained once to the largest checkpoint; at every checkpoint the shards' outputs are
 taken, the attention aggregator (and SISA averaging) is trained on them from scratch and the
-ensemble is scored by the one project evaluator. ``--retrain`` also trains full Retrain to the
+ensemble is scored by the one project evaluator; ``calibrated`` (no training) averages
+per-user z-scored shard scores, a diagnostic of cross-shard calibration. ``--retrain`` also trains full Retrain to the
 largest checkpoint with the same curve. This split has no validation part: the curve is a
 diagnostic over a fixed budget, not a model selection (a deployment would stop each shard on
 validation).
@@ -45,6 +46,18 @@ def curve(pairs, ds, config: TrainConfig, seed: int, checkpoints: list[int]) -> 
     return taken
 
 
+def calibrated_tables(users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-user z-scored shard scores, averaged, as inner products: for shard k,
+    (s_k(u, i) - mean_i s_k(u, i)) / std_i s_k(u, i) = <e_u^k / sigma_uk, e_i^k - mean_i e_i^k>,
+    sigma_uk^2 = e_u^k' C_k e_u^k (C_k the item covariance of shard k). Diagnostic: if the
+    shards' score scales differ per user, this fixes their calibration without training."""
+    centred = items - items.mean(0, keepdim=True)                                # (I, K, d)
+    cov = torch.einsum("ikd,ike->kde", centred, centred) / items.shape[0]        # (K, d, d)
+    sigma = torch.einsum("ukd,kde,uke->uk", users, cov, users).clamp_min(1e-12).sqrt()
+    users = users / sigma.unsqueeze(-1) / users.shape[1]
+    return users.reshape(users.shape[0], -1), centred.reshape(centred.shape[0], -1)
+
+
 def ensemble_rows(ds, args, config: TrainConfig, checkpoints: list[int]) -> list[dict]:
     rec = RecEraser.build(ds.train, ds.num_users, ds.num_items, RecEraserConfig(
         num_shards=args.num_shards, partition=args.partition, submodel=config, seed=args.seed),
@@ -69,6 +82,10 @@ def ensemble_rows(ds, args, config: TrainConfig, checkpoints: list[int]) -> list
                          **metrics_of(*tables, ds),
                          "seconds": seconds * epoch / max(checkpoints) + agg_seconds})
             log(str(rows[-1]))
+        rows.append({"model": f"{args.partition}", "epochs": epoch, "aggregator": "calibrated",
+                     **metrics_of(*calibrated_tables(users, items), ds),
+                     "seconds": seconds * epoch / max(checkpoints)})
+        log(str(rows[-1]))
     return rows
 
 
