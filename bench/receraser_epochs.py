@@ -7,7 +7,9 @@ On ``ml-1m-receraser`` with LightGCN (the settings of ``bench/receraser.py``): t
 shards are trained once to the largest checkpoint; at every checkpoint the shards' outputs are
 taken, the attention aggregator (and SISA averaging) is trained on them from scratch and the
 ensemble is scored by the one project evaluator; ``calibrated`` (no training) averages
-per-user z-scored shard scores, a diagnostic of cross-shard calibration. ``--retrain`` also trains full Retrain to the
+per-user z-scored shard scores, a diagnostic of cross-shard calibration; ``item-presence`` /
+``pair-presence`` (no training) weight shard k's score by the share of the item's (and the
+user's) interactions in shard k. ``--retrain`` also trains full Retrain to the
 largest checkpoint with the same curve. This split has no validation part: the curve is a
 diagnostic over a fixed budget, not a model selection (a deployment would stop each shard on
 validation).
@@ -58,6 +60,21 @@ def calibrated_tables(users: torch.Tensor, items: torch.Tensor) -> tuple[torch.T
     return users.reshape(users.shape[0], -1), centred.reshape(centred.shape[0], -1)
 
 
+def presence_tables(users: torch.Tensor, items: torch.Tensor, shard_pairs: list, num_users: int,
+                    num_items: int, user_side: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score = sum_k w_ik (w_uk) <e_u^k, e_i^k>, w_ik the share of item i's interactions in
+    shard k (and w_uk the user's): each pair is scored by the shards that saw it. Diagnostic
+    of whether gating by presence, not calibration, is what the aggregator has to learn."""
+    def shares(column: int, size: int) -> torch.Tensor:
+        counts = torch.stack([torch.bincount(torch.from_numpy(p[:, column]), minlength=size)
+                              for p in shard_pairs], 1).float()                  # (n, K)
+        return counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+    items = items * shares(1, num_items).unsqueeze(-1)
+    if user_side:
+        users = users * shares(0, num_users).unsqueeze(-1)
+    return users.reshape(users.shape[0], -1), items.reshape(items.shape[0], -1)
+
+
 def ensemble_rows(ds, args, config: TrainConfig, checkpoints: list[int]) -> list[dict]:
     rec = RecEraser.build(ds.train, ds.num_users, ds.num_items, RecEraserConfig(
         num_shards=args.num_shards, partition=args.partition, submodel=config, seed=args.seed),
@@ -82,10 +99,16 @@ def ensemble_rows(ds, args, config: TrainConfig, checkpoints: list[int]) -> list
                          **metrics_of(*tables, ds),
                          "seconds": seconds * epoch / max(checkpoints) + agg_seconds})
             log(str(rows[-1]))
-        rows.append({"model": f"{args.partition}", "epochs": epoch, "aggregator": "calibrated",
-                     **metrics_of(*calibrated_tables(users, items), ds),
-                     "seconds": seconds * epoch / max(checkpoints)})
-        log(str(rows[-1]))
+        shard_pairs = [rec.shard_pairs(k) for k in range(args.num_shards)]
+        for name, tables in (
+                ("calibrated", calibrated_tables(users, items)),
+                ("item-presence", presence_tables(users, items, shard_pairs, ds.num_users,
+                                                  ds.num_items, user_side=False)),
+                ("pair-presence", presence_tables(users, items, shard_pairs, ds.num_users,
+                                                  ds.num_items, user_side=True))):
+            rows.append({"model": f"{args.partition}", "epochs": epoch, "aggregator": name,
+                         **metrics_of(*tables, ds), "seconds": seconds * epoch / max(checkpoints)})
+            log(str(rows[-1]))
     return rows
 
 
