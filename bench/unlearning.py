@@ -18,8 +18,9 @@ its own copy of the learned federation:
   affected shards and the aggregator from scratch (in the unshare phase).
 
 Rows: ``{scenario, method, recall@20, ndcg@20, withdrawn_mean_rank, shared_mean_rank,
-never_seen_mean_rank, mia_auc, unlearn_seconds, retrain_seconds, storage_bytes,
-fru_storage_bytes}``; ranks and the membership attack use the server (global) model (for
+never_seen_mean_rank, mia_auc, popularity_auc, unlearn_seconds, retrain_seconds,
+storage_bytes, fru_storage_bytes}`` (``popularity_auc``: the same targets scored by item
+popularity alone, the floor of a score attack on a model that ranks popular items high); ranks and the membership attack use the server (global) model (for
 ``receraser`` the aggregated ensemble). Storage: snapshots + edge round stamps, for
 ``receraser`` the K sub-models' tables and the aggregator (the ensemble itself).
 """
@@ -41,7 +42,7 @@ from bench.common_args import print_table, write_json  # noqa: E402
 from common.config import RunConfig, load_config  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
-from common.forgetting import membership_auc, pair_ranks, sample_never_seen  # noqa: E402
+from common.forgetting import auc, membership_auc, pair_ranks, sample_never_seen  # noqa: E402
 from harness.session import Session, clone, new_session, withdraw  # noqa: E402
 from server_app.records import RoundRecord  # noqa: E402
 from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  # noqa: E402
@@ -50,7 +51,7 @@ SCENARIOS = {"one-user": (1.0, 1.0, 1), "users-all": (0.1, 1.0, None),
              "random-30": (1.0, 0.3, None)}  # user fraction, item fraction, most users
 METHODS = ("retrain", "naive", "contrastive", "receraser")
 COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
-           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "unlearn_seconds",
+           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "popularity_auc", "unlearn_seconds",
            "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
 
 
@@ -79,7 +80,16 @@ def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
         "shared_mean_rank": float(pair_ranks(users, items, still, shared).mean()),
         "never_seen_mean_rank": float(pair_ranks(users, items, never, shared).mean()),
         "mia_auc": membership_auc(users, items, members, non_members, withdrawn, target_neg),
+        "popularity_auc": popularity_auc(shared, ds.num_items, withdrawn, target_neg),
     }
+
+
+def popularity_auc(shared: np.ndarray, num_items: int, targets: np.ndarray,
+                   negatives: np.ndarray) -> float:
+    """AUC of an attack that knows only item popularity (in the still-shared edges): the
+    floor any score-based attack reaches on a model that ranks popular items high."""
+    popularity = np.bincount(shared[:, 1], minlength=num_items).astype(np.float64)
+    return auc(popularity[targets[:, 1]], popularity[negatives[:, 1]])
 
 
 def unlearn_seconds(records: list[RoundRecord], method: str) -> float:
