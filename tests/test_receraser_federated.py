@@ -49,18 +49,18 @@ def _assert_exact(session: Session, pairs: np.ndarray, before: list[dict]) -> No
     affected = set(model.shard_of(pairs).tolist())
     for k, shard in enumerate(model.shards):
         if k in affected:
-            scratch = train_submodel(model.shard_pairs(remaining, k), *remaining_shape(state),
+            scratch = train_submodel(model.shard_pairs(remaining, k), *_catalog_shape(state),
                                      model.train_config, shard_seed(cfg.seed + 2, k))
             assert torch.equal(shard["user"], scratch.state["user_emb.weight"])
             assert torch.equal(shard["item"], scratch.state["item_emb.weight"])
         else:
             assert torch.equal(shard["user"], before[k]["user"])
-    fresh = ReceraserGraphModel(*remaining_shape(state), cfg, seed=cfg.seed + 2)
+    fresh = ReceraserGraphModel(*_catalog_shape(state), cfg, seed=cfg.seed + 2)
     fresh.train(state.graph, torch.from_numpy(remaining))
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(state.views, fresh.views(state.graph)))
 
 
-def remaining_shape(state) -> tuple[int, int]:
+def _catalog_shape(state) -> tuple[int, int]:
     return state.catalog.num_users, state.catalog.num_items
 
 
