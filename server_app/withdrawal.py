@@ -4,7 +4,8 @@ The order is fixed here and nowhere else: judge the requests riding on a phase's
 remove the accepted pairs from the edge store (the graph follows, being a pure function of
 it) -> drop the snapshots and reset the optimizer rows that postdate them -> start the
 unlearning method (its task, or a retrain, is part of the saved state) -> erase the pairs
-from the other runs' state files -> save -> queue the answers (sent with the next message).
+from the other runs' state files -> save -> queue the answers (sent with the next message)
+-> let the method settle (long work it owes, e.g. RecEraser's retraining, saved again).
 A crash before the save leaves the request unanswered (the node sends it again); after it,
 everything owed is on disk and resumes.
 
