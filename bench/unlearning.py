@@ -4,18 +4,25 @@
 
 Learning phase: ``--learn-rounds`` FedShare rounds (every node sampled) with the real
 ServerApp strategy and ClientApp handlers (harness/inprocess.py). Then, for each scenario
-(``users-all``: 10 % of sharing users withdraw everything; ``random-30``: 30 % of every
-user's shared interactions), unshare requests are written into the nodes' ledgers exactly
-as the CLI does, and each method runs on its own copy of the learned federation:
+(``one-user``: one sharing user withdraws everything; ``users-all``: 10 % of sharing users
+withdraw everything; ``random-30``: 30 % of every user's shared interactions), unshare
+requests are written into the nodes' ledgers exactly as the CLI does, and each method runs on
+its own copy of the learned federation:
 
 * ``contrastive`` / ``naive``: ``--unlearn-rounds`` further rounds (the first one carries
   the requests);
 * ``retrain``: the server starts a new model generation on the remaining shared data
-  (clients reset their user rows) and trains ``--learn-rounds`` rounds from scratch.
+  (clients reset their user rows) and trains ``--learn-rounds`` rounds from scratch;
+* ``receraser``: its own learning phase (the server model is the RecEraser ensemble from
+  round 1, same seeds and nodes), then ``--unlearn-rounds`` rounds; the first retrains the
+  affected shards and the aggregator from scratch (in the unshare phase).
 
 Rows: ``{scenario, method, recall@20, ndcg@20, withdrawn_mean_rank, shared_mean_rank,
-never_seen_mean_rank, mia_auc, unlearn_seconds, retrain_seconds, storage_bytes,
-fru_storage_bytes}``; ranks and the membership attack use the server (global) model.
+never_seen_mean_rank, mia_auc, popularity_auc, unlearn_seconds, retrain_seconds,
+storage_bytes, fru_storage_bytes}`` (``popularity_auc``: the same targets scored by item
+popularity alone, the floor of a score attack on a model that ranks popular items high); ranks and the membership attack use the server (global) model (for
+``receraser`` the aggregated ensemble). Storage: snapshots + edge round stamps, for
+``receraser`` the K sub-models' tables and the aggregator (the ensemble itself).
 """
 
 from __future__ import annotations
@@ -35,14 +42,16 @@ from bench.common_args import print_table, write_json  # noqa: E402
 from common.config import RunConfig, load_config  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
-from common.forgetting import membership_auc, pair_ranks, sample_never_seen  # noqa: E402
+from common.forgetting import auc, membership_auc, pair_ranks, sample_never_seen  # noqa: E402
 from harness.session import Session, clone, new_session, withdraw  # noqa: E402
 from server_app.records import RoundRecord  # noqa: E402
 from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  # noqa: E402
 
-SCENARIOS = {"users-all": (0.1, 1.0), "random-30": (1.0, 0.3)}
+SCENARIOS = {"one-user": (1.0, 1.0, 1), "users-all": (0.1, 1.0, None),
+             "random-30": (1.0, 0.3, None)}  # user fraction, item fraction, most users
+METHODS = ("retrain", "naive", "contrastive", "receraser")
 COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
-           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "unlearn_seconds",
+           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "popularity_auc", "unlearn_seconds",
            "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
 
 
@@ -71,7 +80,16 @@ def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
         "shared_mean_rank": float(pair_ranks(users, items, still, shared).mean()),
         "never_seen_mean_rank": float(pair_ranks(users, items, never, shared).mean()),
         "mia_auc": membership_auc(users, items, members, non_members, withdrawn, target_neg),
+        "popularity_auc": popularity_auc(shared, ds.num_items, withdrawn, target_neg),
     }
+
+
+def popularity_auc(shared: np.ndarray, num_items: int, targets: np.ndarray,
+                   negatives: np.ndarray) -> float:
+    """AUC of an attack that knows only item popularity (in the still-shared edges): the
+    floor any score-based attack reaches on a model that ranks popular items high."""
+    popularity = np.bincount(shared[:, 1], minlength=num_items).astype(np.float64)
+    return auc(popularity[targets[:, 1]], popularity[negatives[:, 1]])
 
 
 def unlearn_seconds(records: list[RoundRecord], method: str) -> float:
@@ -83,22 +101,45 @@ def unlearn_seconds(records: list[RoundRecord], method: str) -> float:
         sum(r.phases["graph"].unlearn_seconds for r in records)
 
 
+def _family(method: str) -> str:
+    """Which learned federation a method starts from: the ensemble's own, or the LightGCN's."""
+    return "receraser" if method == "receraser" else "lightgcn"
+
+
+def learn(cfg: RunConfig, family: str, args, scratch: Path) -> Session:
+    """``--learn-rounds`` rounds of a fresh federation (server model of ``family``)."""
+    if family == "receraser":
+        cfg = cfg.model_copy(update={"unlearning_method": "receraser"})
+    session = new_session(cfg, args.nodes, scratch / f"learned-{family}")
+    session.run_rounds(args.learn_rounds)
+    return session
+
+
 def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, args, ds,
                scratch: Path) -> dict:
     session = clone(learned, scratch / f"{scenario}-{method}", cfg.model_copy(
         update={"unlearning_method": method}))
-    user_fraction, item_fraction = SCENARIOS[scenario]
-    withdrawn = withdraw(session, user_fraction, item_fraction, args.seed)
+    withdrawn = withdraw(session, *SCENARIOS[scenario][:2], args.seed, SCENARIOS[scenario][2])
     rounds = args.learn_rounds if method == "retrain" else args.unlearn_rounds
+    shards = list(session.state.model.shards) if method == "receraser" else []
     records = session.run_rounds(rounds)
     metrics = session.evaluate()
     row = {"scenario": scenario, "method": method, "withdrawn_pairs": len(withdrawn),
            "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
            **forgetting(session, ds, withdrawn, args.seed),
            "unlearn_seconds": unlearn_seconds(records, method),
-           "storage_bytes": unlearning_storage_bytes(session.state.snapshots, len(session.state.edges)),
+           "storage_bytes": storage_bytes(session, method),
            "fru_storage_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
+    if method == "receraser":   # sub-models replaced by a retraining
+        row["shards_retrained"] = sum(a is not b for a, b in zip(shards, session.state.model.shards))
     return row
+
+
+def storage_bytes(session: Session, method: str) -> int:
+    state = session.state
+    if method == "receraser":
+        return state.model.storage_bytes()
+    return unlearning_storage_bytes(state.snapshots, len(state.edges))
 
 
 def main() -> None:
@@ -111,6 +152,10 @@ def main() -> None:
     parser.add_argument("--max-users", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra run-config values, e.g. unlearn-hops=0")
     args = parser.parse_args()
@@ -127,16 +172,19 @@ def main() -> None:
                        "torch-threads": args.threads, "state-dir": str(scratch / "unused"),
                        "out-dir": str(scratch / "out"), **extra})
     ds = load_dataset(cfg.dataset, max_users=cfg.max_users or None)
-    learned = new_session(cfg, args.nodes, scratch / "learned")
-    learned.run_rounds(args.learn_rounds)
-    rows = []
-    for scenario in SCENARIOS:
-        for method in ("retrain", "naive", "contrastive"):
-            rows.append(run_method(learned, cfg, method, scenario, args, ds, scratch))
+    methods, rows = args.methods.split(","), []
+    learned = {family: learn(cfg, family, args, scratch)
+               for family in {_family(m) for m in methods}}
+    for scenario in args.scenarios.split(","):
+        for method in methods:
+            rows.append(run_method(learned[_family(method)], cfg, method, scenario, args, ds,
+                                   scratch))
             print_table(rows[-1:], COLUMNS)
-        retrain_seconds = rows[-3]["unlearn_seconds"]
-        for row in rows[-3:]:
-            row["retrain_seconds"] = retrain_seconds
+        retrain = [r["unlearn_seconds"] for r in rows if r["scenario"] == scenario
+                   and r["method"] == "retrain"]
+        for row in rows:
+            if retrain and row["scenario"] == scenario:
+                row["retrain_seconds"] = retrain[0]
     manifest = run_manifest({**cfg.as_dict(), "bench": vars(args)}, args.seed, ds.fingerprint)
     for row in rows:
         row["manifest"] = manifest

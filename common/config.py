@@ -90,7 +90,7 @@ class RunConfig(BaseModel):
     server_reg: float = Field(1e-3, ge=0.0)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning
-    unlearning_method: Literal["contrastive", "naive", "retrain"] = "contrastive"
+    unlearning_method: Literal["contrastive", "naive", "retrain", "receraser"] = "contrastive"
     unlearn_rounds: int = Field(3, ge=0)
     unlearn_hops: int = Field(1, ge=0, le=8)
     unlearn_steps: int = Field(5, ge=0)
@@ -101,6 +101,11 @@ class RunConfig(BaseModel):
     unshare_item_fraction: float = Field(1.0, gt=0.0, le=1.0)
     ratio_schedule: str = ""
     unshare_poll_every: int = Field(5, ge=1)
+    # unlearning-method "receraser": the server model is a RecEraser ensemble (docs/receraser.md)
+    receraser_shards: int = Field(10, ge=1, le=1000)
+    receraser_partition: Literal["user", "random"] = "user"
+    receraser_epochs: int = Field(100, ge=1)
+    receraser_aggregator_epochs: int = Field(10, ge=1)
     # where things go
     run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
@@ -151,6 +156,15 @@ class RunConfig(BaseModel):
             raise ValueError("snapshot-rounds must include 0 for unlearning-method "
                              "'contrastive' (the only snapshot older than every shared edge; "
                              f"got {self.snapshot_rounds!r}); or use 'naive' or 'retrain'")
+        return self
+
+    @model_validator(mode="after")
+    def _receraser_alone(self) -> "RunConfig":
+        """The ensemble has no item-side alignment term (its sub-models train on shards)."""
+        if self.unlearning_method == "receraser" and self.server_cl_weight > 0:
+            raise ValueError("server-cl-weight must be 0 with unlearning-method 'receraser' "
+                             f"(got {self.server_cl_weight}): the ensemble's shards train with "
+                             "BPR only")
         return self
 
     @property

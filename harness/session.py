@@ -80,14 +80,18 @@ def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
     return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
 
 
-def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int) -> np.ndarray:
+def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int,
+             max_users: int | None = None) -> np.ndarray:
     """Write unshare requests into every node's ledger (as the CLI does): a seeded
-    ``user_fraction`` of sharing users withdraw ``item_fraction`` of their shared items.
-    Returns the withdrawn ``(m, 2)`` pairs."""
-    withdrawn = []
+    ``user_fraction`` of sharing users withdraw ``item_fraction`` of their shared items
+    (at most ``max_users`` of them, the first nodes' first). Returns the withdrawn ``(m, 2)`` pairs."""
+    withdrawn, room = [], max_users
     for node_dir in session.node_dirs():
         pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
                                       item_fraction, seed)
+        if room is not None:
+            chosen = np.unique(pairs[:, 0])[:room]
+            pairs, room = pairs[np.isin(pairs[:, 0], chosen)], room - len(chosen)
         for user in np.unique(pairs[:, 0]).tolist():
             update_ledger(node_dir, lambda ledger: ledger.unshare(user, pairs[pairs[:, 0] == user, 1])[0])
         withdrawn.append(pairs)

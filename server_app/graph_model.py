@@ -36,6 +36,14 @@ class EgoTables:
     users: torch.Tensor
 
 
+def mask_unseen(users: torch.Tensor, items: torch.Tensor,
+                graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views with the rows of users and items that have no edge in ``graph`` set to zero."""
+    degree = torch.bincount(graph.edge_index[0], minlength=graph.num_users + graph.num_items)
+    return (users * (degree[: graph.num_users] > 0).unsqueeze(1),
+            items * (degree[graph.num_users:] > 0).unsqueeze(1))
+
+
 @dataclass(frozen=True)
 class ServerHyper:
     epochs: float
@@ -108,10 +116,7 @@ class ServerGraphModel:
         with torch.no_grad():
             users, items = lightgcn_propagate(self.user_weight, self.item_weight, graph,
                                               self.hp.num_layers)
-            degree = torch.bincount(graph.edge_index[0], minlength=graph.num_users + graph.num_items)
-            users = users * (degree[: graph.num_users] > 0).unsqueeze(1)
-            items = items * (degree[graph.num_users:] > 0).unsqueeze(1)
-        return users, items
+        return mask_unseen(users, items, graph)
 
     def ego_tables(self, graph: Graph) -> EgoTables:
         degree = torch.bincount(graph.edge_index[0], minlength=graph.num_users + graph.num_items)
@@ -145,6 +150,9 @@ class ServerGraphModel:
                 "moments_since": self.moments_since}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("kind", "lightgcn") != "lightgcn":
+            raise ValueError(f"the saved server model is a {state['kind']} model, not this run "
+                             "config's LightGCN; resume it with its own config or a new run-name")
         with torch.no_grad():
             self.user_weight.copy_(state["user"])
             self.item_weight.copy_(state["item"])

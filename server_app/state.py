@@ -27,6 +27,7 @@ from server_app.aggregation import RowUpdate, aggregate_rows
 from server_app.edge_store import EdgeStore
 from server_app.graph_model import EgoTables, ServerGraphModel, ServerHyper
 from server_app.nodes import NodeRegistry
+from server_app.receraser_model import ReceraserGraphModel
 from server_app.records import Catalog, RoundRecord
 from server_app.state_file import clean_start, erase_in_other_runs, read_state, write_state
 from server_app.unlearning import UnlearningTask, affected_nodes
@@ -83,10 +84,7 @@ class ServerState:
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.item_emb = (0.1 * torch.randn(catalog.num_items, cfg.embedding_dim,
                                            generator=generator)).numpy()
-        hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.server_reg,
-                         cfg.server_cl_weight, cfg.cl_temperature, cfg.num_layers)
-        self.model = ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim,
-                                      hp, seed=cfg.seed + 2)
+        self.model = _graph_model(cfg, catalog)
         self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
         self.ego = None
         self.maybe_snapshot(0)
@@ -182,9 +180,13 @@ class ServerState:
         return self.model.train(self.graph, pairs, targets, extra, steps=steps)
 
     def refresh_views(self) -> None:
-        users, items = self.model.views(self.graph)
-        self.views = (users.numpy(), items.numpy())
-        self.ego = self.model.ego_tables(self.graph) if self.cfg.fusion == "ego" else None
+        """Views of the current model; None while it is not trained on the current graph.
+        Ego tables come with them when the model has them (a RecEraser ensemble has none: its
+        nodes then score as with ``weighted`` fusion)."""
+        views = self.model.views(self.graph)
+        self.views = None if views is None else (views[0].numpy(), views[1].numpy())
+        self.ego = self.model.ego_tables(self.graph) \
+            if self.views is not None and self.cfg.fusion == "ego" else None
 
     def pooled_negatives(self, rng: np.random.Generator, count: int, pool: int):
         """``(count, d)`` means of ``pool`` random sharing users' global views, or None.
@@ -201,7 +203,8 @@ class ServerState:
     def maybe_snapshot(self, rnd: int) -> None:
         """Keep a snapshot if ``rnd`` is scheduled -- unless the model carries the influence
         of withdrawn edges (then it could never serve as a clean target)."""
-        if rnd not in self.cfg.snapshot_round_list or self.model is None:
+        if rnd not in self.cfg.snapshot_round_list or self.model is None \
+                or isinstance(self.model, ReceraserGraphModel):   # unlearns without snapshots
             return
         if self.taint is not None and rnd >= self.taint.entered:
             log.info("no snapshot at round %d: the model still carries withdrawn edges", rnd)
@@ -291,3 +294,14 @@ class ServerState:
             self._graph = cache
         twin.cfg, twin.state_dir = cfg, Path(state_dir)
         return twin
+
+
+def _graph_model(cfg: RunConfig, catalog: Catalog) -> ServerGraphModel | ReceraserGraphModel:
+    """The server's graph model: a RecEraser ensemble for ``unlearning-method = "receraser"``,
+    otherwise one LightGCN with its optimizer."""
+    if cfg.unlearning_method == "receraser":
+        return ReceraserGraphModel(catalog.num_users, catalog.num_items, cfg, seed=cfg.seed + 2)
+    hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.server_reg,
+                     cfg.server_cl_weight, cfg.cl_temperature, cfg.num_layers)
+    return ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim, hp,
+                            seed=cfg.seed + 2)

@@ -4,13 +4,16 @@ The order is fixed here and nowhere else: judge the requests riding on a phase's
 remove the accepted pairs from the edge store (the graph follows, being a pure function of
 it) -> drop the snapshots and reset the optimizer rows that postdate them -> start the
 unlearning method (its task, or a retrain, is part of the saved state) -> erase the pairs
-from the other runs' state files -> save -> queue the answers (sent with the next message).
+from the other runs' state files -> save -> queue the answers (sent with the next message)
+-> let the method settle (long work it owes, e.g. RecEraser's retraining, saved again).
 A crash before the save leaves the request unanswered (the node sends it again); after it,
 everything owed is on disk and resumes.
 
 Methods are pluggable (:class:`UnlearningMethod`): ``naive`` (delete and go on),
-``retrain`` (a new model generation trained from scratch on what is still shared) and
-``contrastive`` (docs/method.md §4; the math is in :mod:`server_app.unlearning`).
+``retrain`` (a new model generation trained from scratch on what is still shared),
+``contrastive`` (docs/method.md §4; the math is in :mod:`server_app.unlearning`) and
+``receraser`` (exact: the affected shards of the ensemble in :mod:`server_app.receraser_model`
+are deleted before the save and retrained from scratch after it, in :meth:`settle`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class UnlearningMethod(Protocol):
     def start(self, state: ServerState, old_graph: Graph, pairs: np.ndarray, entered: int) -> None: ...
     def loss_term(self, state: ServerState) -> LossTerm | None: ...
     def advance(self, state: ServerState) -> None: ...
+    def settle(self, state: ServerState) -> None: ...
 
 
 class Naive:
@@ -44,6 +48,9 @@ class Naive:
 
     def start(self, state, old_graph, pairs, entered) -> None:
         pass
+
+    def settle(self, state) -> None:
+        """After the erasure was saved and answered: work that may take long (none here)."""
 
     def loss_term(self, state) -> LossTerm | None:
         return None
@@ -59,6 +66,25 @@ class Retrain(Naive):
         state.new_generation()
         log.info("retrain: new model generation %d from the remaining shared data",
                  state.generation)
+
+
+class Receraser(Naive):
+    """Exact unlearning by shards (RecEraser): the sub-models of the shards that held the pairs,
+    and the aggregator, are deleted with the erasure (so the saved state never holds a
+    parameter trained on them) and retrained from scratch, same seeds, once that is saved. A
+    restart in between finds them missing and retrains them at its next graph step."""
+
+    def start(self, state, old_graph, pairs, entered) -> None:
+        affected = state.model.forget(pairs)
+        state.views = None
+        log.info("receraser: shards %s and the aggregator deleted; retrained from scratch",
+                 affected)
+
+    def settle(self, state) -> None:
+        if state.graph is not None:
+            state.train_graph()
+            state.refresh_views()
+        state.save()
 
 
 class Contrastive:
@@ -93,6 +119,9 @@ class Contrastive:
             task = replace(task, rounds_left=task.rounds_left - 1)
             state.set_unlearning(task if task.rounds_left > 0 else None)
 
+    def settle(self, state) -> None:
+        """The task runs in the next rounds' graph steps."""
+
 
 def _merged(previous: UnlearningTask, task: UnlearningTask, state: ServerState,
             num_layers: int) -> UnlearningTask:
@@ -111,7 +140,8 @@ def _merged(previous: UnlearningTask, task: UnlearningTask, state: ServerState,
 
 
 METHODS: dict[str, Callable[[RunConfig], UnlearningMethod]] = {
-    "naive": lambda cfg: Naive(), "retrain": lambda cfg: Retrain(), "contrastive": Contrastive}
+    "naive": lambda cfg: Naive(), "retrain": lambda cfg: Retrain(), "contrastive": Contrastive,
+    "receraser": lambda cfg: Receraser()}
 
 
 class Withdrawal:
@@ -196,6 +226,8 @@ class Withdrawal:
         self.state.save()                       # the whole effect is durable: now answer
         for node, answer in answers:
             self.state.registry.queue_answer(node, answer)
+        if len(pairs):
+            self.method.settle(self.state)      # answers go out with the next message
         return len(pairs)
 
     def loss_term(self) -> LossTerm | None:

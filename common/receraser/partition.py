@@ -29,7 +29,11 @@ import math
 
 import numpy as np
 
+from common.sharing import hash_uniform
+
 METHODS = ("ubp", "ibp", "inbp", "random")
+HASH_PLACEMENTS = ("user", "random")
+_SALT_SHARD = 0x5EED_0005   # (0x5EED_0001..4: common.sharing)
 
 
 def capped_greedy_assign(distance: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -170,6 +174,21 @@ def random_partition(num_interactions: int, num_shards: int,
     for shard, rows in enumerate(np.array_split(rng.permutation(num_interactions), num_shards)):
         shard_of[rows] = shard
     return shard_of
+
+
+def hash_shards(pairs: np.ndarray, num_shards: int, seed: int, by: str = "random") -> np.ndarray:
+    """``(m,)`` shards of ``(m, 2)`` pairs by a seeded splitmix64 hash, a function of the ids only.
+
+    ``by = "user"``: every interaction of a user in the same shard (a user's withdrawal touches
+    one shard); ``"random"``: a hash of the pair (SISA). Nothing here depends on any data, so
+    the layout carries no trace of interactions (the data-dependent partitions above do).
+    """
+    if by not in HASH_PLACEMENTS:
+        raise ValueError(f"unknown hash placement {by!r}; expected one of {HASH_PLACEMENTS}")
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    keys = (pairs[:, 0],) if by == "user" else (pairs[:, 0], pairs[:, 1])
+    shards = np.floor(hash_uniform(seed, _SALT_SHARD, *keys) * num_shards).astype(np.int64)
+    return np.minimum(shards, num_shards - 1)
 
 
 class Partition:

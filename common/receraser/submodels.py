@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -74,9 +75,12 @@ def shard_seed(seed: int, shard: int) -> int:
 
 
 def train_submodel(pairs: np.ndarray, num_users: int, num_items: int, config: TrainConfig,
-                   seed: int) -> SubModel:
+                   seed: int, on_epoch: Callable[[int, Tensor, Tensor], None] | None = None
+                   ) -> SubModel:
     """Train ``config.model`` from scratch on the interaction set ``pairs`` (``(n, 2)``).
 
+    ``on_epoch(epoch, user_out, item_out)`` (optional, for training curves) sees the detached
+    outputs after each epoch (1-based); it does not change the training.
     Returns the :class:`SubModel`; identical inputs give bit-identical tables.
     """
     started = time.perf_counter()
@@ -88,7 +92,7 @@ def train_submodel(pairs: np.ndarray, num_users: int, num_items: int, config: Tr
     net = make_model(config.model, num_users, num_items, config.embedding_dim, config.num_layers)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     positive_keys = train[:, 0] * num_items + train[:, 1]                     # sorted
-    for _ in range(config.epochs if len(train) else 0):
+    for epoch in range(config.epochs if len(train) else 0):
         order = rng.permutation(len(train))
         users, positives = train[order, 0], train[order, 1]
         negatives = sample_negatives(users, positive_keys, num_items, rng)
@@ -97,6 +101,9 @@ def train_submodel(pairs: np.ndarray, num_users: int, num_items: int, config: Tr
             train_step(net, graph, optimizer, torch.from_numpy(users[batch]),
                        torch.from_numpy(positives[batch]), torch.from_numpy(negatives[batch]),
                        config.reg)
+        if on_epoch is not None:
+            with torch.no_grad():
+                on_epoch(epoch + 1, *(t.detach().clone() for t in net(graph)))
     net.eval()
     with torch.no_grad():
         user_out, item_out = net(graph)

@@ -96,3 +96,18 @@ def test_sharing_file_contents_enter_the_sharing_fingerprint(tmp_path):
     before = load_config({"sharing-file": str(path)}).sharing_fingerprint()
     path.write_text('{"1": [2, 3]}')
     assert load_config({"sharing-file": str(path)}).sharing_fingerprint() != before
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"receraser-shards": 0}, "receraser-shards"),
+    ({"receraser-partition": "inbp"}, "receraser-partition"),
+    ({"receraser-epochs": 0}, "receraser-epochs"),
+    ({"receraser-aggregator-epochs": 0}, "receraser-aggregator-epochs"),
+    ({"unlearning-method": "receraser", "server-cl-weight": 0.1},
+     "server-cl-weight must be 0 with unlearning-method 'receraser'"),
+])
+def test_receraser_keys_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides)
+    # the ensemble keeps no snapshots: it needs no snapshot round 0
+    assert load_config({"unlearning-method": "receraser", "snapshot-rounds": ""})
