@@ -8,11 +8,13 @@ run must complete with the ServerApp alive, and `stop` must leave no process beh
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
 from common.datasets import default_data_root, load_dataset
-from harness.federation import Federation, stage_app
+from harness.federation import SCRIPT, Federation, stage_app
 from harness.hostile_app import ATTACK_LOG
 from tests.deploy.test_federation import _alive, reaper  # noqa: F401 (fixture)
 from tests.ranking import random_ranker_recall
@@ -62,3 +64,24 @@ def test_hostile_supernode_is_rejected_by_name_and_the_run_completes(tmp_path, r
     final = result["final"]
     assert final["num-users"] == len(set(ds.test[:, 0].tolist()))
     assert final["recall@20"] > 2 * random_ranker_recall(ds, 20), final
+
+
+def test_node_config_extra_reaches_only_its_supernode(tmp_path):
+    """federation.sh --node-config-extra: the extra node config lands on the named SuperNode's
+    command line only; an index outside the federation is refused with a message naming it."""
+    script = [str(SCRIPT), "--run-dir", str(tmp_path / "run"), "--nodes", "3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("NODES", "NODE_CONFIG_EXTRA")}
+    shown = subprocess.run(script + ["--node-config-extra", "1:hostile-rate=0.5 hostile-seed=3",
+                                     "print-commands"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    nodes = {line.split(":", 1)[0]: line for line in shown.stdout.splitlines()
+             if line.startswith("supernode-")}
+    assert sorted(nodes) == ["supernode-0", "supernode-1", "supernode-2"]
+    assert "hostile-rate=0.5\\ hostile-seed=3" in nodes["supernode-1"]
+    assert "hostile" not in nodes["supernode-0"] + nodes["supernode-2"]
+    refused = subprocess.run(script + ["--node-config-extra", "3:hostile-rate=1", "print-commands"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "--node-config-extra must be 'I:KEY=VALUE ...' with 0 <= I < 3 (got '3:hostile-rate=1')" \
+        in refused.stderr
