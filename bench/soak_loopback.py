@@ -86,12 +86,16 @@ def _result(fed: Federation) -> dict:
 
 
 def _applied(node_dirs: list[Path]) -> list[Applied]:
-    applied = []
+    """The attacks the hostile nodes logged, once each: a round re-run after a ServerApp kill
+    sends the same message again and the node, drawing from the same seed, repeats the attack."""
+    seen: dict[tuple, Applied] = {}
     for node_dir in node_dirs:
         log = node_dir / ATTACK_LOG
         if log.exists():
-            applied += [Applied(**json.loads(line)) for line in log.read_text().splitlines()]
-    return applied
+            for line in log.read_text().splitlines():
+                entry = json.loads(line)
+                seen.setdefault(tuple(sorted(entry.items())), Applied(**entry))
+    return list(seen.values())
 
 
 class Events:
