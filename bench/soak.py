@@ -24,8 +24,8 @@ and ClientApp, messages serialised both ways) or ``--transport loopback``: a rea
 and SuperNodes on 127.0.0.1, hostile SuperNodes, ServerApp and SuperNode SIGKILLs
 (bench/soak_loopback.py, which says how it differs).
 
-    python bench/soak.py --transport loopback --nodes 8 --hostile-fraction 0.25 --rounds 12 \\
-        --restart-every 4 --eval-every 4 --kills 1 --node-kills 1 --out bench/out/soak-loopback.json
+    python bench/soak.py --transport loopback --nodes 10 --hostile-fraction 0.1 --rounds 10 \\
+        --restart-every 5 --eval-every 5 --kills 2 --round-timeout 120 --out bench/out/soak-loopback.json
 """
 
 from __future__ import annotations
