@@ -19,8 +19,13 @@ poisoned rounds (a non-finite or exploding item table or graph model after a rou
 attack applied and whether the reply was rejected with a message naming the node, the
 rejections by reason, final and best-validation NDCG@20 of both runs, and the consent
 check: every request the server acknowledged (``done``) is absent from the edge store, and
-none is lost. In-process (harness/inprocess.py: the real strategy and ClientApp, messages
-serialised both ways); the transport is covered by the deployment tests.
+none is lost. ``--transport inprocess`` (default; harness/inprocess.py: the real strategy
+and ClientApp, messages serialised both ways) or ``--transport loopback``: a real SuperLink
+and SuperNodes on 127.0.0.1, hostile SuperNodes, ServerApp and SuperNode SIGKILLs
+(bench/soak_loopback.py, which says how it differs).
+
+    python bench/soak.py --transport loopback --nodes 10 --hostile-fraction 0.1 --rounds 10 \\
+        --restart-every 5 --eval-every 5 --kills 2 --round-timeout 120 --out bench/out/soak-loopback.json
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from common.manifest import run_manifest  # noqa: E402
 from harness.hostile import HostileGrid  # noqa: E402
 from harness.inprocess import InProcessGrid  # noqa: E402
 from harness.session import Session, new_session, restart  # noqa: E402
+from server_app.state import ServerState  # noqa: E402
 from server_app.strategy import selection  # noqa: E402
 
 PHASE_OF = {"train": "train", "evaluate": "evaluate", "query.share": "share",
@@ -57,11 +63,11 @@ class Kill(RuntimeError):
     """An injected ServerApp crash."""
 
 
-def churn(session: Session, honest: list[int], rng: np.random.Generator, rate: float) -> int:
+def churn(node_dirs: list[Path], honest: list[int], rng: np.random.Generator, rate: float) -> int:
     """Honest users change their sharing (share more / withdraw some), as with the CLI."""
     changes = 0
     for pid in honest:
-        node_dir = session.node_dirs()[pid]
+        node_dir = node_dirs[pid]
         if rng.random() >= rate:
             continue
         ledger = read_ledger(node_dir)
@@ -77,8 +83,7 @@ def churn(session: Session, honest: list[int], rng: np.random.Generator, rate: f
     return changes
 
 
-def poisoned(session: Session) -> bool:
-    state = session.state
+def poisoned(state: ServerState) -> bool:
     tables = [torch.from_numpy(state.item_emb)]
     if state.model is not None:
         tables += list(state.model.tables().values())
@@ -124,7 +129,7 @@ def run(args, cfg, workdir: Path, hostile: set[int]) -> dict:
     while session.next_round <= args.rounds:
         rnd = session.next_round
         if rnd > 1:
-            changes += churn(session, honest, rng, args.churn_rate)
+            changes += churn(session.node_dirs(), honest, rng, args.churn_rate)
         if rnd in kill_rounds:
             kill_rounds.discard(rnd)
             arm_kill(session.grid, rng)
@@ -134,7 +139,7 @@ def run(args, cfg, workdir: Path, hostile: set[int]) -> dict:
             kills += 1
         except Exception as exc:  # a crash the soak is looking for
             crashes.append(f"round {rnd}: {type(exc).__name__}: {exc}"[:300])
-        poisoned_rounds += poisoned(session)
+        poisoned_rounds += poisoned(session.state)
         restart_due = hostile and args.restart_every and rnd % args.restart_every == 0
         if session.next_round == rnd or restart_due:     # killed or crashed: from disk
             session = restart(session, grid_type=make)
@@ -172,11 +177,11 @@ def reasons(history) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def consent_check(session: Session) -> dict:
+def consent_check(state: ServerState, node_dirs: list[Path]) -> dict:
     """Acknowledged withdrawals are erased; nothing acknowledged is lost."""
-    edges = session.state.edges
+    edges = state.edges
     done = pending = still_held = 0
-    for node_dir in session.node_dirs():
+    for node_dir in node_dirs:
         for request in read_ledger(node_dir).requests:
             if request.status == DONE:
                 done += 1
@@ -197,46 +202,67 @@ def quality(session: Session) -> dict:
             "ndcg@20_best_valid": best.get("ndcg@20", float("nan")), "best_round": chosen.best_step}
 
 
+def soak_inprocess(args, cfg, tmp: Path) -> tuple[list[dict], dict]:
+    count = max(1, round(args.hostile_fraction * args.nodes)) if args.hostile_fraction > 0 else 0
+    hostile = set(np.random.default_rng([args.seed, 7]).choice(
+        np.arange(1, args.nodes + 1), count, replace=False).tolist())
+    rows, result = [], {"hostile_nodes": sorted(hostile), "transport": "inprocess"}
+    for name, nodes in (("honest", set()), ("hostile", hostile)):
+        out = run(args, cfg, tmp / name, nodes)
+        session = out.pop("session")
+        row = {"run": name, "rounds": len(session.state.history),
+               "server_crashes": len(out["crashes"]), "kills": out["kills"],
+               "restarts": out["restarts"], "poisoned_rounds": out["poisoned_rounds"],
+               "consent_changes": out["consent_changes"], "seconds": round(out["seconds"], 1),
+               **quality(session), **consent_check(session.state, session.node_dirs())}
+        rows.append(row)
+        result[name] = {**row, "crashes": out["crashes"], "reasons": reasons(session.state.history),
+                        "attacks": attack_table(out["applied"], session.state.history)}
+    return rows, result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", choices=("inprocess", "loopback"), default="inprocess",
+                        help="loopback: a real SuperLink + SuperNodes (bench/soak_loopback.py)")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--hostile-fraction", type=float, default=0.1)
     parser.add_argument("--attack-rate", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=3, help="ServerApp kills (hostile run)")
+    parser.add_argument("--node-kills", type=int, default=1,
+                        help="loopback: SuperNode SIGKILLs + restarts (hostile run)")
     parser.add_argument("--restart-every", type=int, default=7)
     parser.add_argument("--churn-rate", type=float, default=0.3)
     parser.add_argument("--max-users", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--round-timeout", type=float, default=60.0)
+    parser.add_argument("--mode", choices=("insecure", "tls", "tls-auth"), default="tls-auth",
+                        help="loopback: deploy/federation.sh --mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-config", default="", help="extra k=v,k=v run config")
     parser.add_argument("--out", default="bench/out/soak.json")
     args = parser.parse_args(argv)
     overrides = dict(kv.split("=", 1) for kv in args.run_config.split(",") if kv)
     cfg = load_config({"dataset": args.dataset, "max-users": args.max_users, "seed": args.seed,
-                       "num-rounds": args.rounds, "fraction-train": 1.0, "eval-every": 5,
-                       "round-timeout": 60.0, "unshare-poll-every": 1, **overrides})
-    count = max(1, round(args.hostile_fraction * args.nodes)) if args.hostile_fraction > 0 else 0
-    hostile = set(np.random.default_rng([args.seed, 7]).choice(
-        np.arange(1, args.nodes + 1), count, replace=False).tolist())
-    rows, result = [], {"manifest": run_manifest(cfg.as_dict(), args.seed, cfg.data_fingerprint()),
-                        "args": vars(args), "hostile_nodes": sorted(hostile)}
+                       "num-rounds": args.rounds, "fraction-train": 1.0,
+                       "eval-every": args.eval_every, "round-timeout": args.round_timeout,
+                       "unshare-poll-every": 1, **overrides})
     with tempfile.TemporaryDirectory() as tmp:
-        for name, nodes in (("honest", set()), ("hostile", hostile)):
-            out = run(args, cfg, Path(tmp) / name, nodes)
-            session = out.pop("session")
-            row = {"run": name, "rounds": len(session.state.history),
-                   "server_crashes": len(out["crashes"]), "kills": out["kills"],
-                   "restarts": out["restarts"], "poisoned_rounds": out["poisoned_rounds"],
-                   "consent_changes": out["consent_changes"], "seconds": round(out["seconds"], 1),
-                   **quality(session), **consent_check(session)}
-            rows.append(row)
-            result[name] = {**row, "crashes": out["crashes"], "reasons": reasons(session.state.history),
-                            "attacks": attack_table(out["applied"], session.state.history)}
+        if args.transport == "loopback":
+            from bench.soak_loopback import soak_loopback
+            rows, result = soak_loopback(args, cfg, Path(tmp))
+        else:
+            rows, result = soak_inprocess(args, cfg, Path(tmp))
+    result = {"manifest": run_manifest(cfg.as_dict(), args.seed, cfg.data_fingerprint()),
+              "args": vars(args), **result}
     honest_ndcg = rows[0]["ndcg@20_final"]
     result["ndcg_ratio_final"] = rows[1]["ndcg@20_final"] / honest_ndcg if honest_ndcg else float("nan")
     print_table(rows, list(rows[0]))
     print_table(result["hostile"]["attacks"], ["attack", "applied", "rejected", "example"])
+    for line in result["hostile"].get("events", []):
+        print(line)
     print(f"hostile/honest final NDCG@20: {result['ndcg_ratio_final']:.4f}")
     write_json(args.out, result)
     return 0

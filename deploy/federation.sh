@@ -8,6 +8,8 @@
 #   deploy/federation.sh [options] start          start SuperLink + SuperExecs + N SuperNodes
 #   deploy/federation.sh [options] run [OVERRIDES] `flwr run . <conn> --stream` against it
 #   deploy/federation.sh [options] stop           stop every process it started, by PID
+#   deploy/federation.sh [options] start-node I   start SuperNode I (and its SuperExec) again
+#                                 after it died or was killed (same port, key and node config)
 #   deploy/federation.sh [options] status         what is running, the connection config
 #   deploy/federation.sh [options] print-commands the commands `start` runs (no side effects)
 #
@@ -18,6 +20,10 @@
 #                                 tls-auth: TLS + SuperNode authentication (EC key per node,
 #                                 registered with `flwr supernode register` before start)
 #   --nodes N                     [NODES, 3]         SuperNodes; node i: partition-id=i, num-partitions=N
+#   --node-config-extra 'I:K=V ...' [NODE_CONFIG_EXTRA, entries joined by ';']  more node
+#                                 config for SuperNode I (TOML values, as --node-config);
+#                                 repeatable (bench/soak.py makes nodes hostile with it)
+#   --app DIR                     [FED_APP_DIR, <repo>]  the Flower app `run` builds its FAB from
 #   --superlink-port P            [SUPERLINK_PORT, 8000]  SuperLink HTTP port on 127.0.0.1 (Fleet,
 #                                 Control, Runtime API): operator-only
 #   --fleet-host H                [FLEET_HOST, none]  address (IPv4 or host name; 0.0.0.0 = all
@@ -62,6 +68,8 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed "\$d; s/^# \{0,1\}//
 # ------------------------------------------------------------------ arguments
 MODE=${MODE:-}
 NODES=${NODES:-}
+NODE_CONFIG_EXTRA=${NODE_CONFIG_EXTRA:-}
+APP_DIR=${FED_APP_DIR:-$ROOT}
 SUPERLINK_PORT=${SUPERLINK_PORT:-}
 NODE_PORT_BASE=${NODE_PORT_BASE:-}
 FLEET_HOST=${FLEET_HOST:-}
@@ -80,6 +88,10 @@ while [ $# -gt 0 ]; do
     --mode=*) MODE=${1#*=}; shift ;;
     --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
     --nodes=*) NODES=${1#*=}; shift ;;
+    --node-config-extra) NODE_CONFIG_EXTRA="${NODE_CONFIG_EXTRA:+$NODE_CONFIG_EXTRA;}${2:?--node-config-extra needs a value}"; shift 2 ;;
+    --node-config-extra=*) NODE_CONFIG_EXTRA="${NODE_CONFIG_EXTRA:+$NODE_CONFIG_EXTRA;}${1#*=}"; shift ;;
+    --app) APP_DIR=${2:?--app needs a value}; shift 2 ;;
+    --app=*) APP_DIR=${1#*=}; shift ;;
     --superlink-port) SUPERLINK_PORT=${2:?}; shift 2 ;;
     --superlink-port=*) SUPERLINK_PORT=${1#*=}; shift ;;
     --fleet-host) FLEET_HOST=${2:?--fleet-host needs a value}; shift 2 ;;
@@ -103,7 +115,7 @@ while [ $# -gt 0 ]; do
     --print-commands) CMD=print-commands; shift ;;
     -h|--help|help) usage; exit 0 ;;
     --) shift; ARGS+=("$@"); break ;;
-    start|run|stop|status|print-commands)
+    start|run|stop|status|print-commands|start-node)
       if [ -z "$CMD" ]; then CMD=$1; else ARGS+=("$1"); fi; shift ;;
     *) if [ -n "$CMD" ]; then ARGS+=("$1"); shift; else bad_usage "unknown argument '$1'"; fi ;;
   esac
@@ -118,7 +130,7 @@ LOG_DIR="$RUN_DIR/logs"
 # Every command but print-commands starts from what the last `start` recorded in the run
 # folder (so `start` after `stop` brings the same federation back on the same database);
 # options and environment variables given now win.
-SAVED_VARS="MODE NODES SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
+SAVED_VARS="MODE NODES NODE_CONFIG_EXTRA SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
 STATE_DIR=${FEDSHARE_STATE_DIR:-}
 if [ "$CMD" != print-commands ] && [ -f "$ENV_FILE" ]; then
   declare -A _given=()
@@ -148,6 +160,13 @@ export FEDSHARE_DATA_DIR
 case "$MODE" in insecure|tls|tls-auth) ;; *) bad_usage "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
 case "$ISOLATION" in process|subprocess) ;; *) bad_usage "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || bad_usage "--nodes must be a positive integer (got '$NODES')"
+if [ -n "$NODE_CONFIG_EXTRA" ]; then
+  IFS=';' read -ra _extras <<<"$NODE_CONFIG_EXTRA"
+  for _e in "${_extras[@]}"; do
+    [[ "$_e" =~ ^([0-9]+):[[:space:]]*[A-Za-z] ]] && [ "${BASH_REMATCH[1]}" -lt "$NODES" ] \
+      || bad_usage "--node-config-extra must be 'I:KEY=VALUE ...' with 0 <= I < $NODES (got '$_e')"
+  done
+fi
 for p in "$SUPERLINK_PORT" "$NODE_PORT_BASE"; do
   [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ $((p + NODES)) -le 65535 ] || bad_usage "bad port '$p' (--superlink-port / --node-port-base: 1..65535 with room for every node)"
 done
@@ -166,6 +185,16 @@ case "$STATE_DIR" in /*) ;; *) STATE_DIR="$(pwd)/$STATE_DIR" ;; esac
 CA="$CERTS_DIR/ca.crt"
 
 node_port() { echo $((NODE_PORT_BASE + $1)); }
+
+node_extra() {   # the --node-config-extra of SuperNode $1 (space-joined)
+  local e out="" extras=()
+  [ -n "$NODE_CONFIG_EXTRA" ] || return 0
+  IFS=';' read -ra extras <<<"$NODE_CONFIG_EXTRA"
+  for e in "${extras[@]}"; do
+    [ "${e%%:*}" != "$1" ] || out+=" ${e#*:}"
+  done
+  echo "$out"
+}
 
 # The gateway runs when the SuperNodes are to connect somewhere else than the SuperLink's own
 # loopback address (127.0.0.2 is a different address, hence gets a gateway).
@@ -229,7 +258,7 @@ command_of() {   # sets CMDLINE=(argv) for component $1
       CMDLINE+=(--superlink "$(fleet_dial)")
       if [ "$MODE" = tls-auth ]; then CMDLINE+=(--auth-supernode-private-key "$KEYS_DIR/node-$i"); fi
       CMDLINE+=(--isolation "$ISOLATION" --host "$HOST" --port "$(node_port "$i")"
-                --node-config "partition-id=$i num-partitions=$NODES state-dir=\"$STATE_DIR/node-$i\"")
+                --node-config "partition-id=$i num-partitions=$NODES state-dir=\"$STATE_DIR/node-$i\"$(node_extra "$i")")
       ;;
     superexec-clientapp-*)
       i=${name#superexec-clientapp-}
@@ -365,6 +394,10 @@ log_tail() { echo "--- last lines of $1:" >&2; tail -n "${2:-15}" "$1" >&2 || tr
 
 fail_start() {
   echo "$PROG: $*" >&2
+  if [ "$CMD" = start-node ]; then   # leave the running federation alone
+    kill -TERM "${STARTED_PIDS[@]}" 2>/dev/null || true
+    exit 1
+  fi
   echo "$PROG: stopping what was started" >&2
   do_stop >&2 || true
   exit 1
@@ -386,6 +419,9 @@ check_superlink() { superlink_healthy; }
 check_gateway() { gateway_healthy; }
 check_supernode() { grep -q "SuperNode ID:" "$LOG_DIR/$1.log" 2>/dev/null; }
 check_superexec() { grep -q "Starting Flower SuperExec" "$LOG_DIR/$1.log" 2>/dev/null; }
+since_last_launch() { sed -n '/^### /h; /^### /!H; ${x;p}' "$LOG_DIR/$1.log" 2>/dev/null; }  # log since the last launch
+check_supernode_restarted() { since_last_launch "$1" | grep -q "SuperNode ID:"; }
+check_superexec_restarted() { since_last_launch "$1" | grep -q "Starting Flower SuperExec"; }
 
 register_keys() {   # tls-auth: register every SuperNode's public key (idempotent)
   local i out
@@ -535,6 +571,28 @@ do_stop() {
   echo "stopped (${#victims[@]} processes${kids:+ + ${#kids[@]} children})"
 }
 
+do_start_node() {   # SuperNode $1 (and its SuperExec) again, if not running
+  local i=${ARGS[0]:-} name pid marker
+  [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -lt "$NODES" ] || die "start-node needs a node index 0..$((NODES - 1)) (got '${i}')"
+  superlink_healthy || die "SuperLink $(superlink_url) is not answering; use start"
+  STARTED_PIDS=()
+  for name in "supernode-$i" "superexec-clientapp-$i"; do
+    [ "$name" = "supernode-$i" ] || [ "$ISOLATION" = process ] || continue
+    if [ -f "$PID_DIR/$name.pid" ]; then
+      pid=$(sed -n 1p "$PID_DIR/$name.pid"); marker=$(sed -n '2,$p' "$PID_DIR/$name.pid")
+      if ours "$pid" "$marker"; then echo "$name already running (pid $pid)"; continue; fi
+    fi
+    [ "$name" != "supernode-$i" ] || port_free "$(node_port "$i")" \
+      || die "port $(node_port "$i") on $HOST is still in use${i:+ by $(port_owner "$(node_port "$i")")}"
+    launch "$name"
+    case "$name" in
+      supernode-*) wait_for "$name" "${STARTED_PIDS[-1]}" check_supernode_restarted ;;
+      *) wait_for "$name" "${STARTED_PIDS[-1]}" check_superexec_restarted ;;
+    esac
+    echo "$name started (pid ${STARTED_PIDS[-1]})"
+  done
+}
+
 do_status() {
   local name pid marker n=0 up=0
   while read -r name pid marker; do
@@ -567,9 +625,10 @@ do_run() {
   done
   overrides+="${ARGS[*]}"
   log="$LOG_DIR/run-$(date -u +%Y%m%dT%H%M%S).log"
-  echo "flwr run $ROOT $CONN --stream --run-config '$overrides'   (log: $log)"
+  [ -f "$APP_DIR/pyproject.toml" ] || die "--app $APP_DIR: no pyproject.toml there"
+  echo "flwr run $APP_DIR $CONN --stream --run-config '$overrides'   (log: $log)"
   set +e
-  flwr run "$ROOT" "$CONN" --stream --run-config "$overrides" 2>&1 | tee "$log"
+  flwr run "$APP_DIR" "$CONN" --stream --run-config "$overrides" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || return "$rc"
@@ -590,6 +649,7 @@ do_run() {
 case "$CMD" in
   start) do_start ;;
   stop) do_stop ;;
+  start-node) do_start_node ;;
   status) do_status ;;
   run) do_run ;;
   print-commands) print_commands ;;

@@ -112,6 +112,15 @@ ATTACKS: dict[str, dict[str, Attack]] = {
     SHARE: {**SHARE_ATTACKS, **RIDER_ATTACKS}, UNSHARE: RIDER_ATTACKS}
 
 
+def attack_reply(content: RecordDict, kind: str, catalog: tuple[int, int],
+                 rng: np.random.Generator) -> str:
+    """Alter a reply of message type ``kind`` in place by one attack drawn from
+    :data:`ATTACKS`; returns its name."""
+    name = sorted(ATTACKS[kind])[rng.integers(len(ATTACKS[kind]))]
+    ATTACKS[kind][name](content, catalog)
+    return name
+
+
 @dataclass
 class Applied:
     round: int
@@ -139,7 +148,6 @@ class HostileGrid(InProcessGrid):
             reply = self._replies.get(message_id)
             if node in self.hostile and reply is not None and reply.has_content() \
                     and self.rng.random() < self.rate:
-                name = sorted(ATTACKS[kind])[self.rng.integers(len(ATTACKS[kind]))]
-                ATTACKS[kind][name](reply.content, self.catalog)
+                name = attack_reply(reply.content, kind, self.catalog, self.rng)
                 self.applied.append(Applied(int(message.metadata.group_id or 0), node, kind, name))
         return ids
