@@ -206,7 +206,7 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
                       num_layers: int = 3, batch_size: int = 2048, lr: float = 1e-3,
                       reg: float = 1e-4, seed: int = 0, eval_every: int = 1, patience: int = 10,
                       metric: str = DEFAULT_METRIC, log: Callable[[str], Any] = print,
-                      show_progress: bool = False) -> dict[str, Any]:
+                      show_progress: bool = False, keep_model: bool = False) -> dict[str, Any]:
     """Train ``model`` ("lightgcn" | "bprmf") on ``ds.train``, select on ``ds.valid``, test once.
 
     Args:
@@ -223,6 +223,7 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
         log: progress sink, one line per epoch.
         show_progress: draw a bar of epochs (:mod:`common.progress`: on a terminal only);
             pass ``log=common.progress.write`` with it so the lines scroll above the bar.
+        keep_model: also return the selected model's weights (``"model_state"``).
 
     With an empty ``ds.valid`` nothing can be selected: the last epoch's model is tested
     (``result["selection"]["best_step"]`` is then ``None``).
@@ -251,7 +252,7 @@ def train_centralized(ds: Any, model: str, epochs: int, *, embedding_dim: int = 
             "seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(curve), 1),
             "eval_seconds": eval_seconds, "metrics": metrics,
             "valid_metrics": dict(state.best_valid or {}), "selection": state.summary(),
-            "curve": curve}
+            "curve": curve, **({"model_state": _snapshot(run.net)} if keep_model else {})}
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
