@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from common.datasets import DATASETS, Dataset, load_dataset
 from common.formats import FORMATS
 from common.sources import SPLIT_MODES
+from common.upload_privacy import UploadPrivacy
 
 
 # Data keys added after runs were recorded (issue 15); see RunConfig.sharing_fingerprint.
@@ -98,6 +99,14 @@ class RunConfig(BaseModel):
     unshare_item_fraction: float = Field(1.0, gt=0.0, le=1.0)
     ratio_schedule: str = ""
     unshare_poll_every: int = Field(5, ge=1)
+    # upload privacy (issue 11; common/upload_privacy.py): what the server can read off uploads
+    upload_mode: Literal["rows", "none"] = "rows"
+    upload_rows: Literal["touched", "all"] = "touched"
+    upload_padding: float = Field(0.0, ge=0.0, le=100.0)
+    upload_counts: Literal["exact", "coarse"] = "exact"
+    dp_epsilon: float = Field(0.0, ge=0.0)
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    dp_clip: float = Field(0.1, gt=0.0)
     # where things go
     run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
@@ -158,6 +167,11 @@ class RunConfig(BaseModel):
     @property
     def snapshot_round_list(self) -> tuple[int, ...]:
         return tuple(int(tok) for tok in self.snapshot_rounds.split(",") if tok)
+
+    @property
+    def upload_privacy(self) -> UploadPrivacy:
+        return UploadPrivacy(self.upload_mode, self.upload_rows, self.upload_padding,
+                             self.dp_epsilon, self.dp_delta, self.dp_clip, self.upload_counts)
 
     @property
     def sharing_enabled(self) -> bool:
