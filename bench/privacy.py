@@ -30,7 +30,7 @@ from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from common.sharing import shared_pairs  # noqa: E402
 from harness.session import new_session  # noqa: E402
-from harness.upload_attacks import ATTACKS, capture, evaluate  # noqa: E402
+from harness.upload_attacks import ATTACKS, capture, evaluate, negatives_replay  # noqa: E402
 
 # each defence is a set of run-config values (common/config.py documents the keys)
 DEFENCES = {
@@ -39,12 +39,14 @@ DEFENCES = {
     "padded": {"upload-padding": 1.0},
     "padded-3": {"upload-padding": 3.0},
     "coarse": {"upload-counts": "coarse"},
+    "withhold+coarse": {"upload-mode": "none", "upload-counts": "coarse"},
+    "dp-1-all": {"dp-epsilon": 1.0, "upload-rows": "all", "upload-counts": "coarse"},
     "dp-10": {"dp-epsilon": 10.0},
     "dp-10-all": {"dp-epsilon": 10.0, "upload-rows": "all", "upload-counts": "coarse"},
     "padded+coarse+dp-10": {"upload-padding": 1.0, "upload-counts": "coarse", "dp-epsilon": 10.0},
 }
 COLUMNS = ["setting", "rho", "defence", "attack", "auc", "f1", "precision", "recall", "f1@k",
-           "random_f1", "uploads", "bytes_up"]
+           "random_f1", "uploads", "replayed", "size_exact", "bytes_up"]
 
 
 def _private_pairs(cfg) -> np.ndarray:
@@ -70,7 +72,8 @@ def attacked_run(config: dict, nodes: int, rounds: int, attack_rounds: int, per_
     session.strategy.tap = capture(session.strategy, keep, uploads)
     records = session.run_rounds(rounds)
     private = _private_pairs(cfg)
-    return [evaluate(u, private, cfg.local_epochs, cfg.seed) for u in uploads], records
+    return [evaluate(u, private, cfg.local_epochs, cfg.seed, negatives_replay(u, cfg, nodes))
+            for u in uploads], records
 
 
 def _bytes_per_upload(records) -> float:
@@ -86,6 +89,8 @@ def summarise(evaluations: list[dict], base: dict) -> list[dict]:
         if not got:
             continue
         row = {**base, "attack": name, "uploads": len(got),
+               "replayed": float(np.mean([e["replayed"] for e in evaluations])),
+               "size_exact": float(np.mean([e["size_exact"] for e in evaluations])),
                "random_f1": float(np.mean([e["random_f1"] for e in evaluations]))}
         for metric in ("auc", "f1", "precision", "recall", "f1@k"):
             row[metric] = float(np.nanmean([g[metric] for g in got]))

@@ -18,6 +18,10 @@ Attacks (higher score = "private interaction"):
 * ``imia``: a linearised replay of the local step (after Yuan et al., WWW 2023): a surrogate
   user vector and positive/negative labels for the uploaded rows are fitted alternately so
   that the one-step BPR update ``delta_i ~ y_i * e_u`` explains the upload best.
+* ``replay`` (when the run's config is known, :func:`negatives_replay`): an undefended node
+  seeds its local schedule from the run's public seed, the round and its partition; the server
+  tries every partition, finds the one whose sampled negatives are all among the uploaded rows,
+  and knows the rest of the uploaded rows are positives.
 * ``prior`` (a reference, not an upload attack): the server's graph model scored on the
   shared pairs only, what sharing itself reveals; no upload defence can lower it.
 
@@ -31,10 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server_app.strategy import FedShareStrategy, Tap
-from common.protocol import TrainReply
+import torch
 
-UPLOAD_ATTACKS = ("rows", "direction", "counts", "imia")
+from client_app.local_training import LocalHyper, _schedule
+from common.config import RunConfig
+from common.protocol import TrainReply
+from server_app.strategy import FedShareStrategy, Tap
+
+UPLOAD_ATTACKS = ("rows", "direction", "counts", "imia", "replay")
 ATTACKS = (*UPLOAD_ATTACKS, "prior")
 
 
@@ -105,8 +113,27 @@ def _imia_directions(upload: Upload, delta: np.ndarray, moved: np.ndarray,
     return direction
 
 
-def attack(upload: Upload) -> dict[str, np.ndarray]:
-    """``{attack: (U, I) scores}`` for the node's known users over every item."""
+def negatives_replay(upload: Upload, cfg: RunConfig, partitions: int) -> np.ndarray | None:
+    """The sampled negatives of the upload, replayed from the public seed (as
+    ``client_app.app.train`` seeds an undefended node) for every candidate partition: the
+    first whose negatives are all uploaded rows; None when no partition fits."""
+    hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
+                    cfg.cl_temperature)
+    pairs, num_items = upload.reply.num_examples // max(cfg.local_epochs, 1), upload.table.shape[0]
+    uploaded = np.zeros(num_items, bool)
+    uploaded[upload.reply.index] = True
+    for partition in range(partitions):
+        seed = cfg.seed * 1_000_003 + upload.round * 7919 + partition
+        steps = _schedule(pairs, num_items, hp, torch.Generator().manual_seed(seed))
+        negatives = torch.cat([neg for _, neg in steps]).numpy() if steps else np.zeros(0, int)
+        if len(negatives) and uploaded[negatives].all():
+            return np.unique(negatives)
+    return None
+
+
+def attack(upload: Upload, negatives: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``{attack: (U, I) scores}`` for the node's known users over every item;
+    ``negatives``: the replayed negatives (:func:`negatives_replay`), when found."""
     delta, moved = _changes(upload)
     touched = np.broadcast_to(moved.astype(np.float64), (len(upload.users), len(moved)))
     counts = np.zeros(len(moved))
@@ -116,6 +143,10 @@ def attack(upload: Upload) -> dict[str, np.ndarray]:
               "direction": touched + (1 + _user_directions(upload, delta) @ unit.T) / 4,
               "counts": touched + 0.5 * counts / (counts.max() + 1),
               "imia": touched + (1 + _imia_directions(upload, delta, moved) @ unit.T) / 4}
+    replay = touched.copy()
+    if negatives is not None:
+        replay[:, negatives] *= 0.5          # a negative may also be a positive: ranked between
+    scores["replay"] = replay
     if upload.views is not None:
         user_views, item_views = upload.views
         scores["prior"] = user_views[upload.users] @ item_views.T
@@ -164,7 +195,8 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generat
     return float(2 * true / (k + labels.sum()))
 
 
-def evaluate(upload: Upload, private: np.ndarray, epochs: int, seed: int = 0) -> dict:
+def evaluate(upload: Upload, private: np.ndarray, epochs: int, seed: int = 0,
+             negatives: np.ndarray | None = None) -> dict:
     """Every attack's metrics on one upload; ``private`` are the (user, item) private
     training pairs of the node's known users (the truth)."""
     num_items = upload.table.shape[0]
@@ -178,9 +210,12 @@ def evaluate(upload: Upload, private: np.ndarray, epochs: int, seed: int = 0) ->
     prevalence = labels.mean()
     out = {"node": upload.node, "round": upload.round, "candidates": int(candidates.sum()),
            "private": int(labels.sum()), "random_f1": float(2 * prevalence / (1 + prevalence)),
-           "random_auc": 0.5, "uploaded_rows": int(len(upload.reply.index))}
+           "random_auc": 0.5, "uploaded_rows": int(len(upload.reply.index)),
+           "replayed": negatives is not None,
+           # the history size the reply's num-examples implies vs the truth (shared + private)
+           "size_exact": bool(private_count(upload, epochs) == len(mine))}
     rng, k = np.random.default_rng(seed), private_count(upload, epochs)
-    for name, scores in attack(upload).items():
+    for name, scores in attack(upload, negatives).items():
         flat = scores[candidates]
         f1, precision, recall = best_f1(flat, labels)
         out[name] = {"auc": auc(flat, labels), "f1": f1, "precision": precision,
