@@ -20,7 +20,7 @@ from common.sharing import shared_pairs
 from common.upload_privacy import (UploadPrivacy, coarse_count, composed_epsilon, gaussian_sigma,
                                    noised_rows, prepare_upload, pseudo_pairs)
 from harness.session import new_session
-from harness.upload_attacks import UPLOAD_ATTACKS, auc, best_f1, capture, evaluate
+from harness.upload_attacks import UPLOAD_ATTACKS, auc, best_f1, capture, evaluate, negatives_replay
 from server_app.validation import TrainBounds, check_train
 
 USERS = 40
@@ -43,7 +43,8 @@ def _attacked(tmp_path, **defence) -> list[dict]:
     shared = {tuple(p) for p in shared_pairs(ds.train, 0.5, "fixed", cfg.seed)}
     private = np.array([p for p in ds.train.tolist() if tuple(p) not in shared])
     assert len(uploads) == USERS
-    return [evaluate(u, private, cfg.local_epochs) for u in uploads]
+    return [evaluate(u, private, cfg.local_epochs, negatives=negatives_replay(u, cfg, USERS))
+            for u in uploads]
 
 
 def _mean(evaluations, attack, metric):
@@ -56,14 +57,18 @@ def test_the_attacks_find_private_items_of_an_undefended_run(tmp_path):
     assert _mean(found, "direction", "auc") > 0.95
     assert _mean(found, "direction", "f1") > random_f1 + 0.5
     assert _mean(found, "rows", "recall") == 1.0        # every private positive is uploaded
+    assert all(e["replayed"] for e in found)             # the public seed gives the negatives away
+    assert _mean(found, "replay", "precision") == 1.0
+    assert all(e["size_exact"] for e in found)            # num-examples: the history size
 
 
-@pytest.mark.parametrize("defence", [{"upload-mode": "none"},
+@pytest.mark.parametrize("defence", [{"upload-mode": "none", "upload-counts": "coarse"},
                                      {"dp-epsilon": 1.0, "upload-rows": "all",
                                       "upload-counts": "coarse"}], ids=["withhold", "dp-all"])
 def test_the_attacks_are_at_chance_under_a_defence(tmp_path, defence):
     found = _attacked(tmp_path, **defence)
     random_f1 = np.mean([e["random_f1"] for e in found])
+    assert np.mean([e["size_exact"] for e in found]) < 0.25   # exact only where n is a power of 2
     for attack in UPLOAD_ATTACKS:
         assert _mean(found, attack, "auc") <= 0.55, attack
         assert _mean(found, attack, "f1") <= random_f1 + 0.05, attack
