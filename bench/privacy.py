@@ -33,18 +33,19 @@ from harness.session import new_session  # noqa: E402
 from harness.upload_attacks import ATTACKS, capture, evaluate, negatives_replay  # noqa: E402
 
 # each defence is a set of run-config values (common/config.py documents the keys)
-DEFENCES = {
+DEFENCES = {name: {"upload-mode": "rows", **values} for name, values in {
     "none": {},
     "withhold": {"upload-mode": "none"},
     "padded": {"upload-padding": 1.0},
     "padded-3": {"upload-padding": 3.0},
     "coarse": {"upload-counts": "coarse"},
     "withhold+coarse": {"upload-mode": "none", "upload-counts": "coarse"},
-    "dp-1-all": {"dp-epsilon": 1.0, "upload-rows": "all", "upload-counts": "coarse"},
     "dp-10": {"dp-epsilon": 10.0},
     "dp-10-all": {"dp-epsilon": 10.0, "upload-rows": "all", "upload-counts": "coarse"},
+    "dp-1-all": {"dp-epsilon": 1.0, "upload-rows": "all", "upload-counts": "coarse"},
     "padded+coarse+dp-10": {"upload-padding": 1.0, "upload-counts": "coarse", "dp-epsilon": 10.0},
-}
+    "default": {"upload-mode": "auto"},
+}.items()}
 COLUMNS = ["setting", "rho", "defence", "attack", "auc", "f1", "precision", "recall", "f1@k",
            "random_f1", "uploads", "replayed", "size_exact", "bytes_up"]
 

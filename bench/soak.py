@@ -215,7 +215,9 @@ def main(argv=None) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.run_config.split(",") if kv)
     cfg = load_config({"dataset": args.dataset, "max-users": args.max_users, "seed": args.seed,
                        "num-rounds": args.rounds, "fraction-train": 1.0, "eval-every": 5,
-                       "round-timeout": 60.0, "unshare-poll-every": 1, **overrides})
+                       "round-timeout": 60.0, "unshare-poll-every": 1,
+                       "upload-mode": "rows",   # honest rows for the train attacks to tamper with
+                       **overrides})
     count = max(1, round(args.hostile_fraction * args.nodes)) if args.hostile_fraction > 0 else 0
     hostile = set(np.random.default_rng([args.seed, 7]).choice(
         np.arange(1, args.nodes + 1), count, replace=False).tolist())

@@ -227,7 +227,7 @@ def _randomness(cfg: RunConfig, header: Header, node: NodeData) -> tuple[int, np
     """The local-training seed and a generator for the upload defences: from the run's seed
     (reproducible), or from fresh OS entropy when an upload defence is on (the server knows
     the run's seed and could replay which rows were sampled negatives)."""
-    if cfg.upload_privacy.active:
+    if cfg.upload_privacy.fresh_entropy:
         rng = np.random.default_rng()
         return int(rng.integers(2**62)), rng
     seed = cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id

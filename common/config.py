@@ -100,7 +100,7 @@ class RunConfig(BaseModel):
     ratio_schedule: str = ""
     unshare_poll_every: int = Field(5, ge=1)
     # upload privacy (issue 11; common/upload_privacy.py): what the server can read off uploads
-    upload_mode: Literal["rows", "none"] = "rows"
+    upload_mode: Literal["auto", "rows", "none"] = "auto"
     upload_rows: Literal["touched", "all"] = "touched"
     upload_padding: float = Field(0.0, ge=0.0, le=100.0)
     upload_counts: Literal["exact", "coarse"] = "exact"
@@ -170,7 +170,12 @@ class RunConfig(BaseModel):
 
     @property
     def upload_privacy(self) -> UploadPrivacy:
-        return UploadPrivacy(self.upload_mode, self.upload_rows, self.upload_padding,
+        """The upload defences; ``auto`` withholds item rows whenever the run shares (the
+        server's graph carries the collaborative signal) and uploads them for the FedAvg
+        baseline (nothing shared: the item table is the only global model)."""
+        mode = self.upload_mode if self.upload_mode != "auto" else \
+            "none" if self.sharing_enabled else "rows"
+        return UploadPrivacy(mode, self.upload_rows, self.upload_padding,
                              self.dp_epsilon, self.dp_delta, self.dp_clip, self.upload_counts)
 
     @property

@@ -4,7 +4,9 @@ config to bound replies (server_app/validation.py). Measured by bench/privacy.py
 
 * ``upload-mode = "none"``: no item rows at all; private interactions train only the private
   user vector (against the item table and the server's graph views). The upload carries
-  nothing about them.
+  nothing about them but the loss and ``num-examples``, which is always coarse here. The
+  default ``auto`` is ``none`` whenever the run shares (RunConfig.upload_privacy) and
+  ``rows`` for the FedAvg baseline. The options below apply to ``rows``.
 * ``upload-padding = r``: ``r`` pseudo-positives per training pair, items the user has not
   interacted with, trained exactly as positives on the item side (the user vector does not
   learn them), so a private positive's row looks like a pseudo-positive's.
@@ -20,7 +22,7 @@ config to bound replies (server_app/validation.py). Measured by bench/privacy.py
   rounded up to a power of two, so neither says how often a row was touched nor the exact
   history size.
 
-With any defence on, the node's randomness (negatives, pseudo-items, noise) comes from fresh
+With any defence on uploaded rows, the node's randomness (negatives, pseudo-items, noise) comes from fresh
 OS entropy, not from the run's public seed: with the seed, the server can replay the local
 schedule and know which uploaded rows are sampled negatives.
 """
@@ -44,10 +46,11 @@ class UploadPrivacy:
     counts: str = "exact"         # "exact" | "coarse"
 
     @property
-    def active(self) -> bool:
-        """Any defence on: the node then draws its training randomness from fresh entropy
-        (a seeded schedule lets the server replay which rows were sampled negatives)."""
-        return self != UploadPrivacy()
+    def fresh_entropy(self) -> bool:
+        """Rows are uploaded under a defence: the node then draws its training randomness
+        from fresh entropy (a seeded schedule lets the server replay which rows were sampled
+        negatives). Undefended and withheld uploads keep the reproducible seed."""
+        return self.mode == "rows" and self != UploadPrivacy()
 
     @property
     def noise_sigma(self) -> float:
@@ -132,7 +135,8 @@ def prepare_upload(table: np.ndarray, index: np.ndarray, values: np.ndarray, cou
     """``(index, values, counts, num-examples)`` of the train reply under ``privacy``;
     ``most`` bounds the reported ``num-examples`` (what the server accepts)."""
     if privacy.mode == "none" or not len(index):
-        _, examples = upload_counts(index[:0], counts[:0], num_examples, most, privacy)
+        coarse = privacy.mode == "none" or privacy.counts == "coarse"
+        examples = coarse_count(num_examples, most) if coarse else num_examples
         return index[:0], values[:0], counts[:0].astype(np.float32), examples
     index, values = noised_rows(table, index, values, privacy, rng)
     counts, examples = upload_counts(index, counts, num_examples, most, privacy)

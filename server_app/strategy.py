@@ -50,7 +50,8 @@ class FedShareStrategy:
         self.withdrawal = Withdrawal(cfg, state)
         privacy = cfg.upload_privacy
         self.train_bounds = TrainBounds(cfg.local_epochs, cfg.local_lr, cfg.batch_size,
-                                        cfg.max_row_change, privacy.dp_clip, privacy.noise_sigma)
+                                        cfg.max_row_change, privacy.dp_clip, privacy.noise_sigma,
+                                        rows_allowed=privacy.mode == "rows")
 
     # ---------------------------------------------------------------- messages
     def _header(self, node: int, rnd: int) -> Header:

@@ -78,6 +78,7 @@ class TrainBounds:
     max_row_change: float = 0.0   # configured bound on a row's L2 change; 0: derived (below)
     dp_clip: float = 0.0          # upload DP (common/upload_privacy.py): the change's clip ...
     noise_sigma: float = 0.0      # ... and the noise per coordinate; 0: no DP
+    rows_allowed: bool = True     # False under upload-mode "none": honest nodes send no rows
 
     def row_change(self, num_examples: int, dim: int) -> float:
         """Largest L2 change of one row: every Adam step moves a coordinate by at most
@@ -107,6 +108,8 @@ def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds,
     negatives): a node cannot buy weight in the average by claiming more."""
     num_items, dim = table.shape
     index, values, counts = reply.index, reply.values, reply.counts
+    if len(index) and not bounds.rows_allowed:
+        raise ReplyError(f"{len(index)} item rows uploaded although upload-mode withholds them")
     if values.shape != (len(index), dim) or counts.shape != (len(index),):
         raise ReplyError(f"update shapes disagree: index {index.shape}, values {values.shape}, "
                          f"counts {counts.shape}, expected d={dim}")

@@ -32,7 +32,7 @@ def _attacked(tmp_path, **defence) -> list[dict]:
         pytest.skip("ML-100K not available")
     config = {"max-users": USERS, "num-rounds": 2, "eval-every": 0, "sharing-ratio": 0.5,
               "fraction-train": 1.0, "state-dir": str(tmp_path / "state"),
-              "out-dir": str(tmp_path / "out"), **defence}
+              "out-dir": str(tmp_path / "out"), "upload-mode": "rows", **defence}
     cfg = load_config(config)
     session = new_session(cfg, USERS, tmp_path)
     uploads = []
@@ -62,9 +62,9 @@ def test_the_attacks_find_private_items_of_an_undefended_run(tmp_path):
     assert all(e["size_exact"] for e in found)            # num-examples: the history size
 
 
-@pytest.mark.parametrize("defence", [{"upload-mode": "none", "upload-counts": "coarse"},
+@pytest.mark.parametrize("defence", [{"upload-mode": "auto"},
                                      {"dp-epsilon": 1.0, "upload-rows": "all",
-                                      "upload-counts": "coarse"}], ids=["withhold", "dp-all"])
+                                      "upload-counts": "coarse"}], ids=["default", "dp-all"])
 def test_the_attacks_are_at_chance_under_a_defence(tmp_path, defence):
     found = _attacked(tmp_path, **defence)
     random_f1 = np.mean([e["random_f1"] for e in found])
@@ -72,6 +72,14 @@ def test_the_attacks_are_at_chance_under_a_defence(tmp_path, defence):
     for attack in UPLOAD_ATTACKS:
         assert _mean(found, attack, "auc") <= 0.55, attack
         assert _mean(found, attack, "f1") <= random_f1 + 0.05, attack
+
+
+def test_the_default_withholds_rows_when_the_run_shares_and_not_for_fedavg():
+    assert load_config({}).upload_privacy.mode == "none"
+    assert load_config({"sharing-ratio": 0.0}).upload_privacy.mode == "rows"
+    assert load_config({"sharing-ratio": 0.0, "upload-mode": "none"}).upload_privacy.mode == "none"
+    assert not load_config({}).upload_privacy.fresh_entropy       # withheld: reproducible
+    assert load_config({"upload-mode": "rows", "upload-padding": 1.0}).upload_privacy.fresh_entropy
 
 
 # ------------------------------------------------------------------ DP accounting
@@ -118,12 +126,12 @@ def test_all_rows_and_coarse_counts_hide_which_rows_moved_and_how_often():
     assert [coarse_count(n, 100) for n in (0, 1, 2, 3, 64, 65, 99)] == [0, 1, 2, 4, 64, 100, 100]
 
 
-def test_withheld_uploads_carry_no_rows():
-    index, values, counts, _ = prepare_upload(np.zeros((4, 2), np.float32), np.array([1]),
+def test_withheld_uploads_carry_no_rows_and_a_coarse_count():
+    index, values, counts, examples = prepare_upload(np.zeros((4, 2), np.float32), np.array([1]),
                                               np.ones((1, 2), np.float32), np.ones(1, np.float32),
                                               5, 100, UploadPrivacy(mode="none"),
                                               np.random.default_rng(0))
-    assert len(index) == len(values) == len(counts) == 0
+    assert len(index) == len(values) == len(counts) == 0 and examples == 8
 
 
 def test_pseudo_positives_are_new_items_and_train_only_item_rows():
@@ -155,6 +163,15 @@ def test_the_server_accepts_a_noised_reply_within_its_bound():
     plain = TrainBounds(1, 0.01, 1024)                               # without DP: refused
     with pytest.raises(Exception, match="row change"):
         check_train(reply, table, plain, 10, 1)
+
+
+def test_rows_are_refused_when_the_config_withholds_them():
+    table = np.zeros((50, 4), np.float32)
+    reply = TrainReply(np.array([1, 2]), np.full((2, 4), 0.01, np.float32), np.ones(2, np.float32),
+                       0.5, 8, False, num_users=1)
+    assert len(check_train(reply, table, TrainBounds(1, 0.01, 1024), 10, 1).index) == 2
+    with pytest.raises(Exception, match="withholds"):
+        check_train(reply, table, TrainBounds(1, 0.01, 1024, rows_allowed=False), 10, 1)
 
 
 def test_metrics_of_the_attack_scoring():
