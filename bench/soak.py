@@ -248,7 +248,9 @@ def main(argv=None) -> int:
     cfg = load_config({"dataset": args.dataset, "max-users": args.max_users, "seed": args.seed,
                        "num-rounds": args.rounds, "fraction-train": 1.0,
                        "eval-every": args.eval_every, "round-timeout": args.round_timeout,
-                       "unshare-poll-every": 1, **overrides})
+                       "unshare-poll-every": 1,
+                       "upload-mode": "rows",   # honest rows for the train attacks to tamper with
+                       **overrides})
     with tempfile.TemporaryDirectory() as tmp:
         if args.transport == "loopback":
             from bench.soak_loopback import soak_loopback

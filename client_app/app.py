@@ -27,6 +27,7 @@ from common.metrics import SPLITS, split_pairs
 from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelPayload, ShareReply,
                              TrainReply, UnshareReply, to_record)
 from common.sharing import scheduled_withdrawals
+from common.upload_privacy import prepare_upload, pseudo_pairs
 
 app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
@@ -227,14 +228,36 @@ def train(msg: Message, context: Context) -> Message:
     pending = bool(_unsynced_users(ledger, _acked_counts(context, header)))
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
                     cfg.cl_temperature, cfg.fusion, cfg.cl_side)
+    seed, rng = _randomness(cfg, header, node)
     update = train_local(_user_table(context, cfg, node, header, state_dir), node.train_local,
-                         _global_view(payload, node, cfg, ledger), hp,
-                         seed=cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id)
+                         _global_view(payload, node, cfg, ledger), hp, seed=seed,
+                         pseudo=_pseudo_positives(cfg, node, rng))
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
-    reply = TrainReply(update.index, update.values, update.counts, update.loss,
-                       update.num_examples, pending, _withdrawals(ledger),
-                       num_users=int(node.train_local[:, 0].unique().numel()))
+    num_users = int(node.train_local[:, 0].unique().numel())
+    index, values, counts, examples = prepare_upload(
+        payload.items, update.index, update.values, update.counts, update.num_examples,
+        cfg.local_epochs * num_users * node.num_items, cfg.upload_privacy, rng)
+    reply = TrainReply(index, values, counts, update.loss, examples, pending,
+                       _withdrawals(ledger), num_users=num_users)
     return Message(reply.to_content(), reply_to=msg)
+
+
+def _randomness(cfg: RunConfig, header: Header, node: NodeData) -> tuple[int, np.random.Generator]:
+    """The local-training seed and a generator for the upload defences: from the run's seed
+    (reproducible), or from fresh OS entropy when an upload defence is on (the server knows
+    the run's seed and could replay which rows were sampled negatives)."""
+    if cfg.upload_privacy.fresh_entropy:
+        rng = np.random.default_rng()
+        return int(rng.integers(2**62)), rng
+    seed = cfg.seed * 1_000_003 + header.server_round * 7919 + node.partition_id
+    return seed, np.random.default_rng(seed)
+
+
+def _pseudo_positives(cfg: RunConfig, node: NodeData, rng: np.random.Generator) -> torch.Tensor | None:
+    if not cfg.upload_privacy.padding:
+        return None
+    return torch.from_numpy(pseudo_pairs(node.train_local.numpy(), len(node.users), node.num_items,
+                                         cfg.upload_privacy.padding, rng))
 
 
 @app.evaluate()

@@ -125,9 +125,11 @@ def _user_alignment(user: torch.Tensor, view: GlobalView, user_index: torch.Tens
 
 
 def _batch_loss(user: torch.Tensor, item: torch.Tensor, view: GlobalView, user_index, pos, neg,
-                hp: LocalHyper) -> torch.Tensor:
+                hp: LocalHyper, item_only: torch.Tensor | None = None) -> torch.Tensor:
     users, items = fused_tables(user, item, view, hp.fusion)
     u_vec = users[user_index]
+    if item_only is not None and item_only.any():   # pseudo-positives: the user does not learn them
+        u_vec = torch.where(item_only[:, None], u_vec.detach(), u_vec)
     pos_scores = (u_vec * items[pos]).sum(-1)
     neg_scores = (u_vec * items[neg]).sum(-1)
     loss = bpr_loss(pos_scores, neg_scores)
@@ -155,13 +157,20 @@ def _schedule(num_pairs: int, num_items: int, hp: LocalHyper,
 
 
 def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, hp: LocalHyper,
-                seed: int) -> LocalUpdate:
+                seed: int, pseudo: torch.Tensor | None = None) -> LocalUpdate:
     """``hp.epochs`` epochs of mini-batch BPR over ``pairs`` ((n, 2) [local user, item]).
 
     Only the item rows the round touches (positives and sampled negatives, ``r`` of them) are
     trained, as an ``(r, d)`` table: a row without a gradient has zero Adam moments and does
     not move, so this equals Adam over the whole ``(I, d)`` table while costing O(r·d) per
-    step instead of O(I·d) -- a client's work grows with its interactions, not the catalog."""
+    step instead of O(I·d) -- a client's work grows with its interactions, not the catalog.
+
+    ``pseudo`` ((m, 2), optional): pseudo-positives (common/upload_privacy.py) trained like
+    ``pairs`` except that the user rows get no gradient from them."""
+    item_only = torch.zeros(len(pairs), dtype=torch.bool)
+    if pseudo is not None and len(pseudo):
+        item_only = torch.cat([item_only, torch.ones(len(pseudo), dtype=torch.bool)])
+        pairs = torch.cat([pairs, pseudo])
     generator = torch.Generator().manual_seed(seed)
     steps = _schedule(len(pairs), view.item_emb.shape[0], hp, generator)
     rows = torch.unique(torch.cat([pairs[:, 1], *(neg for _, neg in steps)]))   # (r,) sorted
@@ -175,7 +184,8 @@ def train_local(user_emb: torch.Tensor, pairs: torch.Tensor, view: GlobalView, h
     total = 0.0
     for batch, neg_items in steps:
         neg = torch.searchsorted(rows, neg_items)
-        loss = _batch_loss(user, item, local, pairs[batch, 0], positive[batch], neg, hp)
+        loss = _batch_loss(user, item, local, pairs[batch, 0], positive[batch], neg, hp,
+                           item_only[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

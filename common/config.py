@@ -20,6 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from common.datasets import DATASETS, Dataset, load_dataset
 from common.formats import FORMATS
 from common.sources import SPLIT_MODES
+from common.upload_privacy import UploadPrivacy
 
 
 # Data keys added after runs were recorded (issue 15); see RunConfig.sharing_fingerprint.
@@ -106,6 +107,14 @@ class RunConfig(BaseModel):
     receraser_partition: Literal["user", "random"] = "user"
     receraser_epochs: int = Field(100, ge=1)
     receraser_aggregator_epochs: int = Field(10, ge=1)
+    # upload privacy (issue 11; common/upload_privacy.py): what the server can read off uploads
+    upload_mode: Literal["auto", "rows", "none"] = "auto"
+    upload_rows: Literal["touched", "all"] = "touched"
+    upload_padding: float = Field(0.0, ge=0.0, le=100.0)
+    upload_counts: Literal["exact", "coarse"] = "exact"
+    dp_epsilon: float = Field(0.0, ge=0.0)
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    dp_clip: float = Field(0.1, gt=0.0)
     # where things go
     run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
@@ -175,6 +184,16 @@ class RunConfig(BaseModel):
     @property
     def snapshot_round_list(self) -> tuple[int, ...]:
         return tuple(int(tok) for tok in self.snapshot_rounds.split(",") if tok)
+
+    @property
+    def upload_privacy(self) -> UploadPrivacy:
+        """The upload defences; ``auto`` withholds item rows whenever the run shares (the
+        server's graph carries the collaborative signal) and uploads them for the FedAvg
+        baseline (nothing shared: the item table is the only global model)."""
+        mode = self.upload_mode if self.upload_mode != "auto" else \
+            "none" if self.sharing_enabled else "rows"
+        return UploadPrivacy(mode, self.upload_rows, self.upload_padding,
+                             self.dp_epsilon, self.dp_delta, self.dp_clip, self.upload_counts)
 
     @property
     def sharing_enabled(self) -> bool:

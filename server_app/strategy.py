@@ -48,8 +48,10 @@ class FedShareStrategy:
         self.tap = tap
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.withdrawal = Withdrawal(cfg, state)
+        privacy = cfg.upload_privacy
         self.train_bounds = TrainBounds(cfg.local_epochs, cfg.local_lr, cfg.batch_size,
-                                        cfg.max_row_change)
+                                        cfg.max_row_change, privacy.dp_clip, privacy.noise_sigma,
+                                        rows_allowed=privacy.mode == "rows")
 
     # ---------------------------------------------------------------- messages
     def _header(self, node: int, rnd: int) -> Header:

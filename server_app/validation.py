@@ -76,15 +76,24 @@ class TrainBounds:
     lr: float
     batch_size: int
     max_row_change: float = 0.0   # configured bound on a row's L2 change; 0: derived (below)
+    dp_clip: float = 0.0          # upload DP (common/upload_privacy.py): the change's clip ...
+    noise_sigma: float = 0.0      # ... and the noise per coordinate; 0: no DP
+    rows_allowed: bool = True     # False under upload-mode "none": honest nodes send no rows
 
     def row_change(self, num_examples: int, dim: int) -> float:
         """Largest L2 change of one row: every Adam step moves a coordinate by at most
-        ~3.2 lr, and a round has ``epochs * ceil(n / batch)`` steps (n samples per epoch)."""
+        ~3.2 lr, and a round has ``epochs * ceil(n / batch)`` steps (n samples per epoch).
+        Under upload DP: the clip plus the noise's norm, which exceeds
+        ``sigma * (sqrt(d) + 10)`` with probability below ``e^-50`` (Gaussian concentration)."""
         if self.max_row_change > 0:
-            return self.max_row_change
-        per_epoch = max(1, num_examples // max(self.epochs, 1))
-        steps = self.epochs * math.ceil(per_epoch / self.batch_size)
-        return ADAM_STEP_BOUND * self.lr * steps * math.sqrt(dim)
+            bound = self.max_row_change
+        else:
+            per_epoch = max(1, num_examples // max(self.epochs, 1))
+            steps = self.epochs * math.ceil(per_epoch / self.batch_size)
+            bound = ADAM_STEP_BOUND * self.lr * steps * math.sqrt(dim)
+        if self.noise_sigma > 0:
+            return min(bound, self.dp_clip) + self.noise_sigma * (math.sqrt(dim) + 10.0)
+        return bound
 
 
 def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds,
@@ -99,6 +108,8 @@ def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds,
     negatives): a node cannot buy weight in the average by claiming more."""
     num_items, dim = table.shape
     index, values, counts = reply.index, reply.values, reply.counts
+    if len(index) and not bounds.rows_allowed:
+        raise ReplyError(f"{len(index)} item rows uploaded although upload-mode withholds them")
     if values.shape != (len(index), dim) or counts.shape != (len(index),):
         raise ReplyError(f"update shapes disagree: index {index.shape}, values {values.shape}, "
                          f"counts {counts.shape}, expected d={dim}")

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
 
 
 def _cfg(tmp_path, **overrides):
+    """Nodes upload item rows (``upload-mode = rows``): the train attacks tamper with them."""
     return load_config({"max-users": 60, "num-rounds": 3, "eval-every": 0, "fraction-train": 1.0,
+                        "upload-mode": "rows",
                         "round-timeout": 1.0, "state-dir": str(tmp_path / "state"),
                         "out-dir": str(tmp_path / "out"), **overrides})
 
