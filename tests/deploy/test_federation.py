@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,8 @@ import pytest
 
 from client_app.ledger import read_ledger
 from common.datasets import default_data_root, load_dataset
+from harness.federation import _port_free
+from harness.federation import alive as _alive, cmdline as _cmdline, free_ports as _free_ports
 from tests.ranking import random_ranker_recall
 from server_app.audit import audit_state_dir
 
@@ -34,41 +35,6 @@ PR_SET_CHILD_SUBREAPER = 36
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("openssl", "curl", "ssh-keygen", "setsid")),
     reason="needs openssl, curl, ssh-keygen and setsid")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(nodes: int) -> tuple[int, int]:
-    """A free SuperLink port and a base with `nodes` consecutive free ports after it."""
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        if all(_port_free(p) for p in range(base, base + nodes + 1)):
-            return base, base + 1
-    raise RuntimeError("no free ports")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _processes_mentioning(*needles: str) -> list[str]:
