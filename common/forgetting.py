@@ -6,6 +6,8 @@
   regression on score features, trained on known members (still-shared pairs) and
   non-members (never-seen pairs), evaluated as the AUC of separating target pairs (the
   withdrawn ones) from fresh non-members. 0.5 = indistinguishable from never-seen.
+* :func:`forget_set` -- which shared pairs a forget-set experiment withdraws (random, core or
+  edge users, a fraction of the shared pairs).
 """
 
 from __future__ import annotations
@@ -107,3 +109,31 @@ def sample_never_seen(all_pairs: np.ndarray, users: np.ndarray, per_user: int, n
                 out.append((user, item))
                 picked += 1
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+FORGET_KINDS = ("random", "core", "edge")
+
+
+def forget_set(shared: np.ndarray, kind: str, fraction: float, seed: int) -> np.ndarray:
+    """The ``(m, 2)`` shared pairs withdrawn in a forget-set experiment (CURE4Rec, NeurIPS 2024
+    D&B): whole users withdraw everything they share, users taken in order until the pairs
+    reach ``fraction`` of ``shared`` (the last user may take it a little over).
+
+    ``kind``: ``random`` (a seeded permutation of the sharing users), ``core`` (most shared
+    pairs first: the most active users) or ``edge`` (fewest first: the least active). Ties in
+    activity are broken by the seeded permutation, so every kind is deterministic under ``seed``."""
+    if kind not in FORGET_KINDS:
+        raise ValueError(f"forget-set kind {kind!r}: expected one of {', '.join(FORGET_KINDS)}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"forget-set fraction {fraction}: expected a value in (0, 1]")
+    if len(shared) == 0:
+        return shared.reshape(0, 2)
+    users, degree = np.unique(shared[:, 0], return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(users))
+    if kind != "random":   # stable sort keeps the seeded order among equally active users
+        sign = -1 if kind == "core" else 1
+        order = order[np.argsort(sign * degree[order], kind="stable")]
+    taken = np.cumsum(degree[order])
+    count = int(np.searchsorted(taken, np.ceil(fraction * len(shared)))) + 1
+    chosen = users[order[:count]]
+    return shared[np.isin(shared[:, 0], chosen)]
