@@ -1,28 +1,29 @@
-"""Unlearning benchmark: learn, withdraw, then unlearn with each method and compare.
+"""Unlearning benchmark: learn, withdraw forget sets, unlearn with each method under one budget.
 
     python bench/unlearning.py --dataset ml-100k --out bench/out/unlearning-ml-100k.json
 
-Learning phase: ``--learn-rounds`` FedShare rounds (every node sampled) with the real
-ServerApp strategy and ClientApp handlers (harness/inprocess.py). Then, for each scenario
-(``one-user``: one sharing user withdraws everything; ``users-all``: 10 % of sharing users
-withdraw everything; ``random-30``: 30 % of every user's shared interactions), unshare
-requests are written into the nodes' ledgers exactly as the CLI does, and each method runs on
-its own copy of the learned federation:
+Learning phase: ``--learn-rounds`` FedShare rounds with the real ServerApp strategy and
+ClientApp handlers (harness/inprocess.py), in the multi-user-node setting (``--nodes``) or the
+cross-user one (one user per node). Then, for each forget set of ``--forget``, unshare requests
+are written into the nodes' ledgers exactly as the CLI does, and each method runs on its own copy
+of the learned federation under the budget of harness/unlearning_runs.py (every model measured
+after the same number of training rounds; Retrain's catch-up rounds are its cost, the others'
+cost is the erasure and the unlearning work the request caused):
 
-* ``contrastive`` / ``naive``: ``--unlearn-rounds`` further rounds (the first one carries
-  the requests);
-* ``retrain``: the server starts a new model generation on the remaining shared data
-  (clients reset their user rows) and trains ``--learn-rounds`` rounds from scratch;
-* ``receraser``: its own learning phase (the server model is the RecEraser ensemble from
-  round 1, same seeds and nodes), then ``--unlearn-rounds`` rounds; the first retrains the
-  affected shards and the aggregator from scratch (in the unshare phase).
+* ``random-F`` / ``core-F`` / ``edge-F``: whole sharing users (random; most active first; least
+  active first) withdraw everything they share, until F % of the shared pairs (CURE4Rec);
+* ``sequential-N``: N requests in N successive rounds, each 1 % of the shared pairs (random
+  users among those still sharing); rows for the first request alone (``requests`` 1, its own
+  Retrain) and for all N, so degradation over repeated unlearning shows as a growing gap.
 
-Rows: ``{scenario, method, recall@20, ndcg@20, withdrawn_mean_rank, shared_mean_rank,
-never_seen_mean_rank, mia_auc, popularity_auc, unlearn_seconds, retrain_seconds,
-storage_bytes, fru_storage_bytes}`` (``popularity_auc``: the same targets scored by item
-popularity alone, the floor of a score attack on a model that ranks popular items high); ranks and the membership attack use the server (global) model (for
-``receraser`` the aggregated ensemble). Storage: snapshots + edge round stamps, for
-``receraser`` the K sub-models' tables and the aggregator (the ensemble itself).
+Rows: ``{setting, forget_set, fraction, requests, method, recall@20, ndcg@20, mia_auc,
+mia_auc_fused, withdrawn_mean_rank, shared_mean_rank, never_seen_mean_rank, popularity_auc,
+rounds, trained_rounds, unlearn_seconds, retrain_seconds, storage_bytes}``.
+Ranks and ``mia_auc`` use the server (global) model (for ``receraser`` the aggregated
+ensemble); ``mia_auc_fused`` the scores users actually get (ego views over each user's whole
+history, withdrawn items included: they stay on the device). ``popularity_auc``: the same
+targets scored by item popularity alone. Storage: what the method keeps for unlearning,
+measured (snapshots + edge round stamps; for ``receraser`` the ensemble).
 """
 
 from __future__ import annotations
@@ -41,46 +42,68 @@ import torch  # noqa: E402
 from bench.common_args import print_table, write_json  # noqa: E402
 from common.config import RunConfig, load_config  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
+from common.forgetting import (FORGET_KINDS, auc, forget_set, membership_auc,  # noqa: E402
+                               pair_ranks, pairs_in, sample_never_seen)
 from common.manifest import run_manifest  # noqa: E402
-from common.forgetting import auc, membership_auc, pair_ranks, sample_never_seen  # noqa: E402
-from harness.session import Session, clone, new_session, withdraw  # noqa: E402
-from server_app.records import RoundRecord  # noqa: E402
-from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  # noqa: E402
+from harness.session import Session, new_session, shared_pairs  # noqa: E402
+from harness.unlearning_runs import Budget, UnlearningRun, run_unlearning, served_views  # noqa: E402
+from server_app.unlearning import unlearning_storage_bytes  # noqa: E402
 
-SCENARIOS = {"one-user": (1.0, 1.0, 1), "users-all": (0.1, 1.0, None),
-             "random-30": (1.0, 0.3, None)}  # user fraction, item fraction, most users
 METHODS = ("retrain", "naive", "contrastive", "receraser")
-COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
-           "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "popularity_auc", "unlearn_seconds",
-           "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
-
-
+FORGET_SETS = tuple(f"{kind}-{pct}" for kind in FORGET_KINDS for pct in (5, 10, 20)) + ("sequential-10",)
+SEQUENTIAL_STEP = 0.01   # each request of a sequential forget set: 1 % of the shared pairs
+COLUMNS = ["forget_set", "requests", "method", "fraction", "recall@20", "ndcg@20", "mia_auc",
+           "mia_auc_fused", "withdrawn_mean_rank", "rounds", "unlearn_seconds", "retrain_seconds",
+           "storage_bytes"]
 MAX_TARGETS = 5000  # withdrawn pairs scored (a seeded sample when there are more)
 
 
-def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
-    """Ranks of withdrawn / still-shared / never-seen pairs under the server model, and the
-    membership-inference AUC on the withdrawn pairs."""
-    state = session.state
-    users, items = state.model.propagated(state.graph)
-    shared = state.edges.pairs()
+def forget_requests(shared: np.ndarray, name: str, seed: int) -> list[list[np.ndarray]]:
+    """The request lists of forget set ``name``: one list, or for ``sequential-N`` the first
+    request alone and then all N (each drawn from what the earlier ones left shared)."""
+    kind, _, amount = name.partition("-")
+    if kind != "sequential":
+        return [[forget_set(shared, kind, int(amount) / 100, seed)]]
+    requests, left = [], shared
+    for k in range(int(amount)):
+        requests.append(forget_set(left, "random", SEQUENTIAL_STEP, seed + k))
+        left = left[~pairs_in(left, requests[-1])]
+    return [requests[:1], requests]
+
+
+def attack_pairs(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The pair sets of the forgetting metrics, drawn once per run (seeded)."""
+    shared = session.state.edges.pairs()
     rng = np.random.default_rng(seed)
     if len(withdrawn) > MAX_TARGETS:
         withdrawn = withdrawn[np.sort(rng.choice(len(withdrawn), MAX_TARGETS, replace=False))]
     everything = np.concatenate([ds.train, ds.valid, ds.test])
     wusers = np.unique(withdrawn[:, 0])
-    never = sample_never_seen(everything, wusers, 10, ds.num_items, seed)
-    still = shared[rng.choice(len(shared), min(len(shared), 2000), replace=False)]
-    members = shared[rng.choice(len(shared), min(len(shared), 4000), replace=False)]
-    sharing_users = np.unique(shared[:, 0])
-    non_members = sample_never_seen(everything, sharing_users, 4, ds.num_items, seed + 1)
-    target_neg = sample_never_seen(everything, wusers, 10, ds.num_items, seed + 2)
+    return {"shared": shared, "withdrawn": withdrawn,
+            "never": sample_never_seen(everything, wusers, 10, ds.num_items, seed),
+            "still": shared[rng.choice(len(shared), min(len(shared), 2000), replace=False)],
+            "members": shared[rng.choice(len(shared), min(len(shared), 4000), replace=False)],
+            "non_members": sample_never_seen(everything, np.unique(shared[:, 0]), 4, ds.num_items,
+                                             seed + 1),
+            "target_neg": sample_never_seen(everything, wusers, 10, ds.num_items, seed + 2)}
+
+
+def forgetting(session: Session, ds, withdrawn: np.ndarray, seed: int) -> dict:
+    """Ranks of withdrawn / still-shared / never-seen pairs under the server model, and the
+    membership-inference AUC on the withdrawn pairs, on the server model and on the scores
+    users get."""
+    p = attack_pairs(session, ds, withdrawn, seed)
+    users, items = session.state.model.propagated(session.state.graph)
+    served = served_views(session, np.array(ds.train))
+    attack = lambda u, i: membership_auc(u, i, p["members"], p["non_members"],  # noqa: E731
+                                         p["withdrawn"], p["target_neg"])
     return {
-        "withdrawn_mean_rank": float(pair_ranks(users, items, withdrawn, shared).mean()),
-        "shared_mean_rank": float(pair_ranks(users, items, still, shared).mean()),
-        "never_seen_mean_rank": float(pair_ranks(users, items, never, shared).mean()),
-        "mia_auc": membership_auc(users, items, members, non_members, withdrawn, target_neg),
-        "popularity_auc": popularity_auc(shared, ds.num_items, withdrawn, target_neg),
+        "withdrawn_mean_rank": float(pair_ranks(users, items, p["withdrawn"], p["shared"]).mean()),
+        "shared_mean_rank": float(pair_ranks(users, items, p["still"], p["shared"]).mean()),
+        "never_seen_mean_rank": float(pair_ranks(users, items, p["never"], p["shared"]).mean()),
+        "mia_auc": attack(users, items),
+        "mia_auc_fused": attack(*served) if served is not None else None,
+        "popularity_auc": popularity_auc(p["shared"], ds.num_items, p["withdrawn"], p["target_neg"]),
     }
 
 
@@ -92,99 +115,103 @@ def popularity_auc(shared: np.ndarray, num_items: int, targets: np.ndarray,
     return auc(popularity[targets[:, 1]], popularity[negatives[:, 1]])
 
 
-def unlearn_seconds(records: list[RoundRecord], method: str) -> float:
-    """Time of the unlearning step: for Retrain every round of the retraining; otherwise the
-    unshare phase (erasure) plus the dedicated contrastive unlearning steps."""
-    if method == "retrain":
-        return sum(r.seconds for r in records)
-    return records[0].phases["unshare"].seconds + \
-        sum(r.phases["graph"].unlearn_seconds for r in records)
-
-
 def _family(method: str) -> str:
     """Which learned federation a method starts from: the ensemble's own, or the LightGCN's."""
     return "receraser" if method == "receraser" else "lightgcn"
 
 
-def learn(cfg: RunConfig, family: str, args, scratch: Path) -> Session:
+def learn(cfg: RunConfig, family: str, args, nodes: int, scratch: Path) -> Session:
     """``--learn-rounds`` rounds of a fresh federation (server model of ``family``)."""
     if family == "receraser":
         cfg = cfg.model_copy(update={"unlearning_method": "receraser"})
-    session = new_session(cfg, args.nodes, scratch / f"learned-{family}")
+    session = new_session(cfg, nodes, scratch / f"learned-{family}")
     session.run_rounds(args.learn_rounds)
     return session
 
 
-def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, args, ds,
-               scratch: Path) -> dict:
-    session = clone(learned, scratch / f"{scenario}-{method}", cfg.model_copy(
-        update={"unlearning_method": method}))
-    withdrawn = withdraw(session, *SCENARIOS[scenario][:2], args.seed, SCENARIOS[scenario][2])
-    rounds = args.learn_rounds if method == "retrain" else args.unlearn_rounds
-    shards = list(session.state.model.shards) if method == "receraser" else []
-    records = session.run_rounds(rounds)
-    metrics = session.evaluate()
-    row = {"scenario": scenario, "method": method, "withdrawn_pairs": len(withdrawn),
-           "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
-           **forgetting(session, ds, withdrawn, args.seed),
-           "unlearn_seconds": unlearn_seconds(records, method),
-           "storage_bytes": storage_bytes(session, method),
-           "fru_storage_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
-    if method == "receraser":   # sub-models replaced by a retraining
-        row["shards_retrained"] = sum(a is not b for a, b in zip(shards, session.state.model.shards))
-    return row
+def method_row(run: UnlearningRun, ds, seed: int) -> dict:
+    metrics = run.session.evaluate()
+    state = run.session.state
+    storage = state.model.storage_bytes() if run.method == "receraser" else \
+        unlearning_storage_bytes(state.snapshots, len(state.edges))
+    return {"method": run.method, "withdrawn_pairs": len(run.withdrawn),
+            "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
+            **forgetting(run.session, ds, run.withdrawn, seed),
+            "rounds": run.rounds, "trained_rounds": run.trained_rounds,
+            "unlearn_seconds": round(run.extra_seconds, 4), "storage_bytes": storage}
 
 
-def storage_bytes(session: Session, method: str) -> int:
-    state = session.state
-    if method == "receraser":
-        return state.model.storage_bytes()
-    return unlearning_storage_bytes(state.snapshots, len(state.edges))
+def forget_set_rows(name: str, learned: dict[str, Session], cfg: RunConfig, args, ds,
+                    scratch: Path) -> list[dict]:
+    """Every method on every request list of forget set ``name``."""
+    shared = shared_pairs(learned["lightgcn" if "lightgcn" in learned else "receraser"])
+    budget, rows = Budget(args.learn_rounds, args.unlearn_rounds), []
+    for requests in forget_requests(shared, name, args.seed):
+        cell = []
+        for method in args.methods.split(","):
+            run = run_unlearning(learned[_family(method)], cfg, method, requests, budget,
+                                 scratch / f"{name}-{len(requests)}-{method}")
+            cell.append({"setting": args.setting, "forget_set": name, "requests": len(requests),
+                         "fraction": round(sum(map(len, requests)) / len(shared), 4),
+                         **method_row(run, ds, args.seed)})
+            print_table(cell[-1:], COLUMNS)
+        retrain = [r["unlearn_seconds"] for r in cell if r["method"] == "retrain"]
+        for row in cell:
+            row["retrain_seconds"] = retrain[0] if retrain else None
+        rows += cell
+    return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--setting", choices=("nodes", "cross-user"), default="nodes")
+    parser.add_argument("--nodes", type=int, default=10, help="nodes of the 'nodes' setting")
+    parser.add_argument("--fraction-train", type=float, default=1.0)
     parser.add_argument("--learn-rounds", type=int, default=10)
-    parser.add_argument("--unlearn-rounds", type=int, default=3)
+    parser.add_argument("--unlearn-rounds", type=int, default=3,
+                        help="rounds every method runs after the (last) request, its own included")
     parser.add_argument("--max-users", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {', '.join(METHODS)}")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--forget", nargs="+", default=list(FORGET_SETS),
+                        help="forget sets: KIND-PERCENT (KIND random, core, edge) or sequential-N")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra run-config values, e.g. unlearn-hops=0")
     args = parser.parse_args()
+    for name in args.forget:
+        kind, _, amount = name.partition("-")
+        if kind not in FORGET_KINDS + ("sequential",) or not amount.isdigit() or int(amount) < 1:
+            parser.error(f"--forget {name!r}: expected KIND-PERCENT (KIND one of "
+                         f"{', '.join(FORGET_KINDS)}) or sequential-N")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     extra = {}
     for item in args.set:
         key, value = item.split("=", 1)
         extra[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="fedshare-unlearning-"))
-    cfg = load_config({"dataset": args.dataset, "fraction-train": 1.0, "eval-every": 0,
-                       "num-rounds": args.learn_rounds + args.unlearn_rounds,
+    cfg = load_config({"dataset": args.dataset, "fraction-train": args.fraction_train,
+                       "eval-every": 0, "num-rounds": 10_000,
                        "unlearn-rounds": args.unlearn_rounds, "max-users": args.max_users,
                        "snapshot-rounds": f"0,{args.learn_rounds // 2}", "seed": args.seed,
                        "torch-threads": args.threads, "state-dir": str(scratch / "unused"),
                        "out-dir": str(scratch / "out"), **extra})
     ds = load_dataset(cfg.dataset, max_users=cfg.max_users or None)
-    methods, rows = args.methods.split(","), []
-    learned = {family: learn(cfg, family, args, scratch)
-               for family in {_family(m) for m in methods}}
-    for scenario in args.scenarios.split(","):
-        for method in methods:
-            rows.append(run_method(learned[_family(method)], cfg, method, scenario, args, ds,
-                                   scratch))
-            print_table(rows[-1:], COLUMNS)
-        retrain = [r["unlearn_seconds"] for r in rows if r["scenario"] == scenario
-                   and r["method"] == "retrain"]
-        for row in rows:
-            if retrain and row["scenario"] == scenario:
-                row["retrain_seconds"] = retrain[0]
+    nodes = ds.num_users if args.setting == "cross-user" else args.nodes
+    learned = {family: learn(cfg, family, args, nodes, scratch)
+               for family in {_family(m) for m in args.methods.split(",")}}
+    rows = []
+    for name in args.forget:
+        rows += forget_set_rows(name, learned, cfg, args, ds, scratch)
+        write_json(args.out, rows)
     manifest = run_manifest({**cfg.as_dict(), "bench": vars(args)}, args.seed, ds.fingerprint)
     for row in rows:
         row["manifest"] = manifest

@@ -137,3 +137,10 @@ def forget_set(shared: np.ndarray, kind: str, fraction: float, seed: int) -> np.
     count = int(np.searchsorted(taken, np.ceil(fraction * len(shared)))) + 1
     chosen = users[order[:count]]
     return shared[np.isin(shared[:, 0], chosen)]
+
+
+def pairs_in(pairs: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """Boolean per row of ``pairs`` ((n, 2) [user, item]): is it one of ``subset``'s rows?"""
+    def key(p: np.ndarray) -> np.ndarray:
+        return p[:, 0].astype(np.int64) << 32 | p[:, 1].astype(np.int64)
+    return np.isin(key(pairs.reshape(-1, 2)), key(subset.reshape(-1, 2)))

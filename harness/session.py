@@ -12,6 +12,7 @@ import numpy as np
 
 from client_app.ledger import read_ledger, update_ledger
 from common.config import RunConfig
+from common.forgetting import pairs_in
 from common.sharing import scheduled_withdrawals
 from harness.inprocess import InProcessGrid
 from server_app.records import RoundRecord
@@ -80,20 +81,37 @@ def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
     return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
 
 
+def shared_pairs(session: Session) -> np.ndarray:
+    """Every ``(user, item)`` pair the nodes' ledgers hold as shared, all nodes together."""
+    pairs = [read_ledger(node_dir).shared_pairs() for node_dir in session.node_dirs()]
+    return np.concatenate(pairs).reshape(-1, 2)
+
+
+def withdraw_pairs(session: Session, pairs: np.ndarray) -> np.ndarray:
+    """Write unshare requests for ``pairs`` ((m, 2) [user, item]) into the ledgers of the nodes
+    that share them (as the CLI does); returns the pairs written (those some node shares)."""
+    written = []
+    for node_dir in session.node_dirs():
+        mine = read_ledger(node_dir).shared_pairs()
+        mine = mine[pairs_in(mine, pairs)]
+        for user in np.unique(mine[:, 0]).tolist():
+            update_ledger(node_dir, lambda ledger: ledger.unshare(user, mine[mine[:, 0] == user, 1])[0])
+        written.append(mine.reshape(-1, 2))
+    session.state.registry.flag_unshare(session.grid.get_node_ids())
+    return np.concatenate(written) if written else np.zeros((0, 2), np.int64)
+
+
 def withdraw(session: Session, user_fraction: float, item_fraction: float, seed: int,
              max_users: int | None = None) -> np.ndarray:
     """Write unshare requests into every node's ledger (as the CLI does): a seeded
     ``user_fraction`` of sharing users withdraw ``item_fraction`` of their shared items
     (at most ``max_users`` of them, the first nodes' first). Returns the withdrawn ``(m, 2)`` pairs."""
-    withdrawn, room = [], max_users
+    chosen, room = [], max_users
     for node_dir in session.node_dirs():
         pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
                                       item_fraction, seed)
         if room is not None:
-            chosen = np.unique(pairs[:, 0])[:room]
-            pairs, room = pairs[np.isin(pairs[:, 0], chosen)], room - len(chosen)
-        for user in np.unique(pairs[:, 0]).tolist():
-            update_ledger(node_dir, lambda ledger: ledger.unshare(user, pairs[pairs[:, 0] == user, 1])[0])
-        withdrawn.append(pairs)
-    session.state.registry.flag_unshare(session.grid.get_node_ids())
-    return np.concatenate(withdrawn)
+            users = np.unique(pairs[:, 0])[:room]
+            pairs, room = pairs[np.isin(pairs[:, 0], users)], room - len(users)
+        chosen.append(pairs)
+    return withdraw_pairs(session, np.concatenate(chosen))

@@ -30,6 +30,7 @@ class PhaseStats:
     rows_up: int = 0
     withdrawn: int = 0
     unlearn_seconds: float = 0.0
+    withdraw_seconds: float = 0.0   # carrying out accepted unshare requests (erase .. settle)
     lost: list[int] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 

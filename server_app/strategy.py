@@ -142,7 +142,11 @@ class FedShareStrategy:
 
         usable = [(node, reply) for node, reply in replies
                   if guarded(stats, node, "unshare requests", lambda: receive(node, reply))]
-        stats.withdrawn += self.withdrawal.carry_out()
+        start = time.perf_counter()
+        erased = self.withdrawal.carry_out()
+        if erased:
+            stats.withdrawn += erased
+            stats.withdraw_seconds += time.perf_counter() - start
         return usable
 
     # ---------------------------------------------------------------- unshare phase (polls)

@@ -11,6 +11,7 @@ from common.graph import build_graph
 from server_app.graph_model import ServerGraphModel, ServerHyper
 from tests.test_evaluation import _assert_equals_central, _cfg
 from harness.session import new_session
+from harness.unlearning_runs import served_views
 
 HP = ServerHyper(epochs=1.0, batch_size=64, lr=0.05, reg=0.0, cl_weight=0.0, cl_temperature=1.0,
                  num_layers=3)
@@ -69,15 +70,11 @@ def test_federated_ego_evaluation_with_private_data_uses_it(tmp_path):
     session.run_rounds(2)
     _, federated = session.strategy.evaluate(session.grid, [1, 2, 3, 4], 2)
     ds, state = cfg.load_data(), session.state
-    shared = state.edges.pairs()
     train = np.array(ds.train)
-    key = train[:, 0] * ds.num_items + train[:, 1]
-    in_graph = torch.from_numpy(np.isin(key, shared[:, 0] * ds.num_items + shared[:, 1]))
+    in_graph = state.edges.contains(train[:, 0], train[:, 1])
     assert 0 < int(in_graph.sum()) < len(train)
-    ego = state.ego
-    views = ego_user_views(torch.from_numpy(train), in_graph, ds.num_users, ego.items, ego.degree,
-                           ego.users, cfg.num_layers)
-    _assert_equals_central(federated, views, torch.from_numpy(state.views[1]), ds)
+    views, items = served_views(session, train)
+    _assert_equals_central(federated, views, items, ds)
     with pytest.raises(AssertionError):
         _assert_equals_central(federated, torch.from_numpy(state.views[0]),
                                torch.from_numpy(state.views[1]), ds)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.forgetting import auc, forget_set, membership_auc, pair_ranks, sample_never_seen
+from common.forgetting import auc, forget_set, membership_auc, pair_ranks, pairs_in, sample_never_seen
 
 
 def test_auc_hand_computed():
@@ -77,3 +77,9 @@ def test_forget_set_rejects_unknown_kinds_and_fractions():
         forget_set(_activity_pairs(), "middle", 0.1, seed=0)
     with pytest.raises(ValueError, match="forget-set fraction 0"):
         forget_set(_activity_pairs(), "core", 0.0, seed=0)
+
+
+def test_pairs_in_matches_whole_rows_only():
+    pairs = np.array([[1, 2], [2, 1], [3, 4]])
+    assert pairs_in(pairs, np.array([[2, 1], [9, 9]])).tolist() == [False, True, False]
+    assert pairs_in(pairs, np.zeros((0, 2), np.int64)).tolist() == [False] * 3
