@@ -30,9 +30,12 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
 
 from bench.common_args import print_table, write_json  # noqa: E402
 from common import progress  # noqa: E402
@@ -40,6 +43,7 @@ from common.centralized import train_centralized  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from harness.inprocess import run_inprocess  # noqa: E402
+from server_app.strategy import evaluated_subset  # noqa: E402
 
 COLUMNS = ["method", "sharing_ratio", "setting", "recall@20", "ndcg@20", "recall@10", "ndcg@10",
            "best_round", "rounds_run", "seconds", "config"]
@@ -104,9 +108,21 @@ def tuned_row(method: str, base: dict, fixed: dict, grid: list[dict], nodes: int
                      for r in runs], "curve": best["curve"], "manifest": best["manifest"]}
 
 
+def evaluated_users(ds, args, seed: int):
+    """``ds`` with validation and test kept for the users the federated runs evaluate: with
+    ``--eval-fraction`` < 1 in the cross-user setting (node n hosts user n - 1) the same seeded
+    subset, so centralized and federated rows are measured on the same users."""
+    if args.eval_fraction >= 1.0 or args.setting != "cross-user":
+        return ds
+    users = np.asarray(evaluated_subset(range(1, ds.num_users + 1), args.eval_fraction, seed)) - 1
+    return replace(ds, fingerprint="", valid=ds.valid[np.isin(ds.valid[:, 0], users)],
+                   test=ds.test[np.isin(ds.test[:, 0], users)])
+
+
 def centralized_row(cfg, model: str, args, bar=None) -> dict:
-    """Centralized ``model`` tuned over ``--central-grid`` (lr, reg), chosen on validation."""
-    ds, runs = cfg.load_data(), []
+    """Centralized ``model`` tuned over ``--central-grid`` (lr, reg), chosen on validation (of
+    the users the federated rows evaluate, :func:`evaluated_users`)."""
+    ds, runs = evaluated_users(cfg.load_data(), args, cfg.seed), []
     for point in parse_grid(args.central_grid):
         point = {"lr": args.central_lr, **point}
         result = train_centralized(ds, model, args.central_epochs, lr=point["lr"],

@@ -270,12 +270,7 @@ class FedShareStrategy:
     def eval_nodes(self, node_ids: Iterable[int]) -> list[int]:
         """The nodes evaluated: all, or a fixed ``eval-fraction`` of them (the same nodes at
         every evaluation of the run: a permutation seeded by the run's seed, not by the round)."""
-        nodes = sorted(node_ids)
-        count = _share_of(self.cfg.eval_fraction, len(nodes))
-        if count >= len(nodes):
-            return nodes
-        order = np.random.default_rng([self.cfg.seed, 1]).permutation(len(nodes))
-        return sorted(nodes[int(i)] for i in order[:count])
+        return evaluated_subset(node_ids, self.cfg.eval_fraction, self.cfg.seed)
 
     def _phase(self, grid, record: RoundRecord, name: str, messages, aggregate):
         stats, start = record.phase(name), time.perf_counter()
@@ -379,6 +374,18 @@ def _at_most(messages: list[str], node: int, most: int = 10) -> list[str]:
         return messages
     return messages[:most] + [f"node {node}: and {len(messages) - most} more requests "
                               "refused or deferred"]
+
+
+def evaluated_subset(node_ids: Iterable[int], fraction: float, seed: int) -> list[int]:
+    """The ``fraction`` of ``node_ids`` a run evaluates (all when 1): a permutation seeded by
+    the run's seed, so the same nodes at every evaluation (and, in the cross-user setting, the
+    same users a benchmark evaluates a centralized model on)."""
+    nodes = sorted(node_ids)
+    count = _share_of(fraction, len(nodes))
+    if count >= len(nodes):
+        return nodes
+    order = np.random.default_rng([seed, 1]).permutation(len(nodes))
+    return sorted(nodes[int(i)] for i in order[:count])
 
 
 def _share_of(fraction: float, count: int) -> int:
