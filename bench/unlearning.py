@@ -17,11 +17,13 @@ cost is the erasure and the unlearning work the request caused):
   Retrain) and for all N, so degradation over repeated unlearning shows as a growing gap.
 
 Rows: ``{setting, forget_set, fraction, requests, method, recall@20, ndcg@20, mia_auc,
-mia_auc_fused, withdrawn_mean_rank, shared_mean_rank, never_seen_mean_rank, popularity_auc,
+mia_auc_fused, upload_mia_auc, withdrawn_mean_rank, shared_mean_rank, never_seen_mean_rank, popularity_auc,
 rounds, trained_rounds, unlearn_seconds, retrain_seconds, storage_bytes}``.
 Ranks and ``mia_auc`` use the server (global) model (for ``receraser`` the aggregated
 ensemble); ``mia_auc_fused`` the scores users actually get (ego views over each user's whole
-history, withdrawn items included: they stay on the device). ``popularity_auc``: the same
+history, withdrawn items included: they stay on the device); ``upload_mia_auc`` the server
+reading, from the uploads after the request, which withdrawn items a node still trains on
+(:func:`upload_mia`). ``popularity_auc``: the same
 targets scored by item popularity alone. Storage: what the method keeps for unlearning,
 measured (snapshots + edge round stamps; for ``receraser`` the ensemble).
 """
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,13 +50,14 @@ from common.forgetting import (FORGET_KINDS, auc, forget_set, membership_auc,  #
 from common.manifest import run_manifest  # noqa: E402
 from harness.session import Session, new_session, shared_pairs  # noqa: E402
 from harness.unlearning_runs import Budget, UnlearningRun, run_unlearning, served_views  # noqa: E402
+from harness.upload_attacks import UPLOAD_ATTACKS, Upload, capture, evaluate  # noqa: E402
 from server_app.unlearning import unlearning_storage_bytes  # noqa: E402
 
 METHODS = ("retrain", "naive", "contrastive", "receraser")
 FORGET_SETS = tuple(f"{kind}-{pct}" for kind in FORGET_KINDS for pct in (5, 10, 20)) + ("sequential-10",)
 SEQUENTIAL_STEP = 0.01   # each request of a sequential forget set: 1 % of the shared pairs
 COLUMNS = ["forget_set", "requests", "method", "fraction", "recall@20", "ndcg@20", "mia_auc",
-           "mia_auc_fused", "withdrawn_mean_rank", "rounds", "unlearn_seconds", "retrain_seconds",
+           "mia_auc_fused", "upload_mia_auc", "withdrawn_mean_rank", "rounds", "unlearn_seconds", "retrain_seconds",
            "storage_bytes"]
 MAX_TARGETS = 5000  # withdrawn pairs scored (a seeded sample when there are more)
 
@@ -115,6 +119,21 @@ def popularity_auc(shared: np.ndarray, num_items: int, targets: np.ndarray,
     return auc(popularity[targets[:, 1]], popularity[negatives[:, 1]])
 
 
+def upload_mia(uploads: list[Upload], learned: Session, withdrawn: np.ndarray, epochs: int) -> float:
+    """The server's interaction-level attack after the request, in the federated spirit: from
+    each upload of a node hosting a withdrawing user (the server remembers who shared through
+    which node before the request), the AUC of telling the withdrawn items (which the node may
+    still train on: unsharing is not deleting) from every other item the server does not know
+    as shared; the best attack per upload, averaged (0.5: nothing told)."""
+    scores = []
+    for upload in uploads:
+        users = np.union1d(upload.users, learned.state.registry.users_of(upload.node))
+        if np.isin(withdrawn[:, 0], users).any():
+            result = evaluate(replace(upload, users=users), withdrawn, epochs)
+            scores.append(max(result[name]["auc"] for name in UPLOAD_ATTACKS))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def _family(method: str) -> str:
     """Which learned federation a method starts from: the ensemble's own, or the LightGCN's."""
     return "receraser" if method == "receraser" else "lightgcn"
@@ -129,7 +148,7 @@ def learn(cfg: RunConfig, family: str, args, nodes: int, scratch: Path) -> Sessi
     return session
 
 
-def method_row(run: UnlearningRun, ds, seed: int) -> dict:
+def method_row(run: UnlearningRun, uploads: list[Upload], learned: Session, ds, seed: int) -> dict:
     metrics = run.session.evaluate()
     state = run.session.state
     storage = state.model.storage_bytes() if run.method == "receraser" else \
@@ -137,6 +156,8 @@ def method_row(run: UnlearningRun, ds, seed: int) -> dict:
     return {"method": run.method, "withdrawn_pairs": len(run.withdrawn),
             "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
             **forgetting(run.session, ds, run.withdrawn, seed),
+            "upload_mia_auc": upload_mia(uploads, learned, run.withdrawn,
+                                         run.session.strategy.cfg.local_epochs),
             "rounds": run.rounds, "trained_rounds": run.trained_rounds,
             "unlearn_seconds": round(run.extra_seconds, 4), "storage_bytes": storage}
 
@@ -149,11 +170,13 @@ def forget_set_rows(name: str, learned: dict[str, Session], cfg: RunConfig, args
     for requests in forget_requests(shared, name, args.seed):
         cell = []
         for method in args.methods.split(","):
+            uploads: list[Upload] = []
             run = run_unlearning(learned[_family(method)], cfg, method, requests, budget,
-                                 scratch / f"{name}-{len(requests)}-{method}")
+                                 scratch / f"{name}-{len(requests)}-{method}",
+                                 lambda s: capture(s.strategy, lambda node, rnd: True, uploads))
             cell.append({"setting": args.setting, "forget_set": name, "requests": len(requests),
                          "fraction": round(sum(map(len, requests)) / len(shared), 4),
-                         **method_row(run, ds, args.seed)})
+                         **method_row(run, uploads, learned[_family(method)], ds, args.seed)})
             print_table(cell[-1:], COLUMNS)
         retrain = [r["unlearn_seconds"] for r in cell if r["method"] == "retrain"]
         for row in cell:

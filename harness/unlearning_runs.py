@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from client_app.local_training import ego_user_views
 from common.config import RunConfig
 from harness.session import Session, clone, withdraw_pairs
 from server_app.records import RoundRecord
+from server_app.strategy import Tap
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,16 @@ def catch_up_rounds(method: str, budget: Budget, requests: int) -> int:
 
 
 def run_unlearning(learned: Session, cfg: RunConfig, method: str, requests: list[np.ndarray],
-                   budget: Budget, workdir: Path) -> UnlearningRun:
+                   budget: Budget, workdir: Path,
+                   tap: Callable[[Session], Tap] | None = None) -> UnlearningRun:
     """A copy of ``learned`` under ``method`` receiving ``requests`` (each ``(m, 2)`` pairs) in
-    successive rounds, run to the common measuring point."""
+    successive rounds, run to the common measuring point; ``tap(session)``, when given, makes
+    the tap that sees the copy's replies from the first request on."""
     if not requests or budget.after_rounds < 1:
         raise ValueError("an unlearning run needs at least one request and one round after it")
     session = clone(learned, workdir, cfg.model_copy(update={"unlearning_method": method}))
+    if tap is not None:
+        session.strategy.tap = tap(session)
     withdrawn, records = [], []
     for pairs in requests:
         withdrawn.append(withdraw_pairs(session, pairs))
