@@ -134,6 +134,13 @@ class ServerGraphModel:
                 return self.user_weight.detach().clone(), self.item_weight.detach().clone()
             return lightgcn_propagate(self.user_weight, self.item_weight, graph, self.hp.num_layers)
 
+    def restore_rows(self, users: torch.Tensor, items: torch.Tensor,
+                     snapshot: dict[str, torch.Tensor]) -> None:
+        """Set the given layer-0 rows to their values in ``snapshot`` (``{"user", "item"}``)."""
+        with torch.no_grad():
+            self.user_weight[users] = snapshot["user"][users]
+            self.item_weight[items] = snapshot["item"][items]
+
     def reset_moments(self, users: torch.Tensor, items: torch.Tensor, rnd: int) -> None:
         """Zero the Adam moment estimates of the given rows (they carried gradients of
         withdrawn edges) and note the round since which these rows' moments accumulate."""

@@ -96,6 +96,14 @@ def start_task(tables: dict[str, torch.Tensor], snapshots, old_graph: Graph, new
     return UnlearningTask(nodes, positive[nodes], negative[nodes], weight, rounds, snap_round)
 
 
+def isolated_nodes(old_graph: Graph, new_graph: Graph | None) -> torch.Tensor:
+    """Ids (users, then items offset by U) of nodes whose every old edge was withdrawn. Such a
+    row has no evidence left, and before its first withdrawn edge entered it had none either
+    (a row is trained only through its own edges), so the clean snapshot's row *is* what a
+    retrain leaves it: contrastive unlearning restores it exactly instead of pulling it there."""
+    return torch.nonzero(withdrawn_fraction(old_graph, new_graph) >= 1.0).flatten()
+
+
 def withdrawn_fraction(old_graph: Graph, new_graph: Graph | None) -> torch.Tensor:
     """Per node: the fraction of its old-graph edges that were withdrawn (0 if it had none)."""
     size = old_graph.num_users + old_graph.num_items

@@ -29,7 +29,8 @@ from common.config import RunConfig
 from common.graph import Graph
 from common.protocol import UnshareAnswer
 from server_app.state import ServerState
-from server_app.unlearning import UnlearningTask, snapshot_view, start_task, unlearning_loss
+from server_app.unlearning import (UnlearningTask, isolated_nodes, snapshot_before, snapshot_view,
+                                   start_task, unlearning_loss)
 
 log = logging.getLogger("flwr.fedshare")
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,13 +98,29 @@ class Contrastive:
         cfg = self.cfg
         if cfg.unlearn_rounds == 0:
             return
+        isolated = self._restore_isolated(state, old_graph, entered)
         task = start_task(state.model.tables(), state.snapshots, old_graph, state.graph, pairs,
                           entered, cfg.num_layers, cfg.unlearn_hops, cfg.unlearn_rounds)
         if state.unlearning is not None:
             task = _merged(state.unlearning, task, state, cfg.num_layers)
+        task = _without(task, isolated)
+        if not len(task.nodes):       # every affected row was restored exactly
+            state.set_unlearning(None)
+            return
         state.set_unlearning(task)
         log.info("contrastive unlearning: %d affected nodes, snapshot of round %d, %d rounds",
                  len(task.nodes), task.snapshot_round, task.rounds_left)
+
+    @staticmethod
+    def _restore_isolated(state, old_graph, entered: int) -> torch.Tensor:
+        """Rows left without any edge go back to the clean snapshot's values at once
+        (:func:`server_app.unlearning.isolated_nodes`); returns their node ids."""
+        isolated = isolated_nodes(old_graph, state.graph)
+        _, snapshot = snapshot_before(state.snapshots, entered)
+        users = old_graph.num_users
+        state.model.restore_rows(isolated[isolated < users], isolated[isolated >= users] - users,
+                                 snapshot)
+        return isolated
 
     def loss_term(self, state) -> LossTerm | None:
         task, cfg = state.unlearning, self.cfg
@@ -121,6 +138,13 @@ class Contrastive:
 
     def settle(self, state) -> None:
         """The task runs in the next rounds' graph steps."""
+
+
+def _without(task: UnlearningTask, nodes: torch.Tensor) -> UnlearningTask:
+    """``task`` without the anchors in ``nodes``."""
+    keep = ~torch.isin(task.nodes, nodes)
+    return replace(task, nodes=task.nodes[keep], positive=task.positive[keep],
+                   negative=task.negative[keep], weight=task.weight[keep])
 
 
 def _merged(previous: UnlearningTask, task: UnlearningTask, state: ServerState,

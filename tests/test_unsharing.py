@@ -15,7 +15,7 @@ from common.config import load_config
 from common.datasets import default_data_root
 from common.forgetting import pair_ranks
 from common.graph import build_graph
-from harness.session import Session, clone, new_session, withdraw
+from harness.session import Session, clone, new_session, withdraw, withdraw_pairs
 from server_app.audit import audit_live, audit_state_dir
 
 pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
@@ -169,3 +169,20 @@ def test_contrastive_moves_withdrawn_ranks_closer_to_retrain_than_naive(tmp_path
     gap = {m: abs(ranks[m][0] - ranks["retrain"][0]) for m in ("naive", "contrastive")}
     assert ranks["naive"][1] > 0
     assert gap["contrastive"] < gap["naive"], ranks
+
+
+def test_a_user_who_withdraws_everything_gets_the_clean_snapshot_row_back(tmp_path):
+    """Contrastive unlearning: a user (or item) left with no shared edge has no evidence to keep,
+    so its server row is restored to the snapshot taken before its data entered (what a retrain
+    leaves untouched) at once, and stays there: nothing trains an isolated row."""
+    session = _session(tmp_path, **{"unlearning-method": "contrastive", "snapshot-rounds": "0"})
+    node_dir = session.node_dirs()[0]
+    user = max(read_ledger(node_dir).counts(), key=read_ledger(node_dir).counts().get)
+    clean = session.state.snapshots[0]["user"][user].clone()
+    assert not torch.equal(session.state.model.user_weight[user].detach(), clean)
+    withdrawn = withdraw_pairs(session, read_ledger(node_dir).shared_pairs()[
+        read_ledger(node_dir).shared_pairs()[:, 0] == user])
+    assert len(withdrawn)
+    session.run_rounds(3)
+    assert not session.state.edges.count_by_user(np.array([user]))[0]
+    torch.testing.assert_close(session.state.model.user_weight[user].detach(), clean, rtol=0, atol=0)
