@@ -229,8 +229,10 @@ def train(msg: Message, context: Context) -> Message:
     hp = LocalHyper(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.reg, cfg.cl_weight,
                     cfg.cl_temperature, cfg.fusion, cfg.cl_side)
     seed, rng = _randomness(cfg, header, node)
-    update = train_local(_user_table(context, cfg, node, header, state_dir), node.train_local,
-                         _global_view(payload, node, cfg, ledger), hp, seed=seed,
+    user_table, view = _user_table(context, cfg, node, header, state_dir), \
+        _global_view(payload, node, cfg, ledger)
+    evaluation = EvaluateReply(_metric_sums(cfg, node, user_table, view)) if header.evaluate else None
+    update = train_local(user_table, node.train_local, view, hp, seed=seed,
                          pseudo=_pseudo_positives(cfg, node, rng))
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     num_users = int(node.train_local[:, 0].unique().numel())
@@ -238,7 +240,7 @@ def train(msg: Message, context: Context) -> Message:
         payload.items, update.index, update.values, update.counts, update.num_examples,
         cfg.local_epochs * num_users * node.num_items, cfg.upload_privacy, rng)
     reply = TrainReply(index, values, counts, update.loss, examples, pending,
-                       _withdrawals(ledger), num_users=num_users)
+                       _withdrawals(ledger), num_users=num_users, evaluation=evaluation)
     return Message(reply.to_content(), reply_to=msg)
 
 
@@ -268,10 +270,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     header = payload.header
     _acked_counts(context, header)
     ledger = _ledger(cfg, node, state_dir, header)
-    user_emb, view = (_user_table(context, cfg, node, header, state_dir),
-                      _global_view(payload, node, cfg, ledger))
+    sums = _metric_sums(cfg, node, _user_table(context, cfg, node, header, state_dir),
+                        _global_view(payload, node, cfg, ledger))
+    return Message(EvaluateReply(sums, _withdrawals(ledger)).to_content(), reply_to=msg)
+
+
+def _metric_sums(cfg: RunConfig, node: NodeData, user_emb, view) -> dict[str, dict[str, float]]:
+    """The one evaluator's metric sums over the node's users, per split."""
     sums = {}
     for split in SPLITS:
         known, truth = split_pairs(split, node.train_local, node.valid_local, node.test_local)
         sums[split] = evaluate_local(user_emb, view, known, truth, cfg.fusion)
-    return Message(EvaluateReply(sums, _withdrawals(ledger)).to_content(), reply_to=msg)
+    return sums

@@ -58,6 +58,9 @@ class RunConfig(BaseModel):
     poll_interval: float = Field(0.05, gt=0.0, le=60.0)
     eval_every: int = Field(5, ge=0)
     eval_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # nodes training in an evaluating round evaluate the model they receive in that train
+    # message (one message instead of two; docs/design.md "Evaluation folded into train")
+    eval_in_train: bool = False
     patience: int = Field(0, ge=0)
     # local (client) model
     embedding_dim: int = Field(64, ge=1, le=1024)

@@ -129,10 +129,11 @@ class Header:
     acked_users: np.ndarray | None = None    # (n,) users of the node the server holds edges for
     acked_counts: np.ndarray | None = None   # (n,) the server's edge count of each
     answers: tuple[UnshareAnswer, ...] = ()
+    evaluate: bool = False   # train: evaluate the received model first (``eval-in-train``)
 
     def write(self, content: RecordDict) -> RecordDict:
-        content["config"] = ConfigRecord({"server-round": self.server_round,
-                                          "generation": self.generation})
+        config = {"server-round": self.server_round, "generation": self.generation}
+        content["config"] = ConfigRecord({**config, **({"evaluate": 1} if self.evaluate else {})})
         if self.acked_users is not None:
             content["ack"] = to_record(user=_int64(self.acked_users), count=_int64(self.acked_counts))
         if self.answers:
@@ -155,7 +156,7 @@ class Header:
             ack = _arrays(content, "ack", {"user": ("int64", 1), "count": ("int64", 1)})
             users, counts = ack["user"], ack["count"]
         return cls(int(config["server-round"]), int(config.get("generation", 0)), users, counts,
-                   _answers(content))
+                   _answers(content), bool(config.get("evaluate", 0)))
 
 
 def _answers(content: RecordDict) -> tuple[UnshareAnswer, ...]:
@@ -333,14 +334,17 @@ class TrainReply:
     pending_sharing: bool
     withdrawals: UnshareReply | None = None
     num_users: int = 1        # users whose interactions trained this round (bounds the counts)
+    evaluation: "EvaluateReply | None" = None   # of the received model, when the header asked
 
     def to_content(self) -> RecordDict:
-        return with_withdrawals(RecordDict({
+        content = RecordDict({
             "update": to_record(index=_int64(self.index), values=self.values, counts=self.counts),
             "metrics": MetricRecord({"loss": float(self.loss), "num-examples": int(self.num_examples),
                                      "num-users": int(self.num_users),
-                                     "pending-sharing": int(self.pending_sharing)})}),
-            self.withdrawals)
+                                     "pending-sharing": int(self.pending_sharing)})})
+        if self.evaluation is not None:
+            content = self.evaluation.write(content)
+        return with_withdrawals(content, self.withdrawals)
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "TrainReply":
@@ -350,9 +354,12 @@ class TrainReply:
         flag = _integer(metrics, "pending-sharing")
         if flag not in (0, 1):
             raise ProtocolError(f"pending-sharing must be 0 or 1, got {flag}")
+        evaluation = EvaluateReply.from_content(content) if any(
+            split in content.metric_records for split in SPLITS) else None
         return cls(arrays["index"], arrays["values"], arrays["counts"], float(metrics["loss"]),
                    _integer(metrics, "num-examples"), bool(flag), UnshareReply.rider(content),
-                   _integer(metrics, "num-users"))
+                   _integer(metrics, "num-users"),
+                   evaluation and EvaluateReply(evaluation.sums))
 
 
 @dataclass(frozen=True)
@@ -365,10 +372,14 @@ class EvaluateReply:
     sums: dict[str, dict[str, float]] = field(default_factory=dict)
     withdrawals: UnshareReply | None = None
 
+    def write(self, content: RecordDict) -> RecordDict:
+        """The metric records into ``content`` (also carried by a train reply)."""
+        for split in SPLITS:
+            content[split] = MetricRecord({k: float(v) for k, v in self.sums[split].items()})
+        return content
+
     def to_content(self) -> RecordDict:
-        return with_withdrawals(RecordDict(
-            {split: MetricRecord({k: float(v) for k, v in self.sums[split].items()})
-             for split in SPLITS}), self.withdrawals)
+        return with_withdrawals(self.write(RecordDict()), self.withdrawals)
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "EvaluateReply":
@@ -380,3 +391,4 @@ class EvaluateReply:
 REPLIES: dict[str, Any] = {UNSHARE: UnshareReply, SHARE: ShareReply, TRAIN: TrainReply,
                            EVALUATE: EvaluateReply}
 RIDER: dict[str, tuple[str, ...]] = UnshareReply.RECORDS  # records any reply may carry besides its own
+OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {TRAIN: EvaluateReply.RECORDS}  # when asked

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
@@ -66,14 +67,17 @@ class FedShareStrategy:
     def _message(self, node: int, kind: str, content, rnd: int) -> Message:
         return Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd))
 
-    def _model_messages(self, nodes: list[int], kind: str, rnd: int, negatives: bool) -> list[Message]:
-        """One model message per node; the item tables are serialised once for all of them."""
-        payloads = [self._model_payload(n, rnd, negatives) for n in nodes]
+    def _model_messages(self, nodes: list[int], kind: str, rnd: int, negatives: bool,
+                        evaluate: frozenset[int] = frozenset()) -> list[Message]:
+        """One model message per node (those in ``evaluate`` asked to evaluate the model first);
+        the item tables are serialised once for all of them."""
+        payloads = [self._model_payload(n, rnd, negatives, n in evaluate) for n in nodes]
         shared = payloads[0].shared_records() if payloads else None
         return [self._message(n, kind, p.to_content(shared), rnd) for n, p in zip(nodes, payloads)]
 
-    def _model_payload(self, node: int, rnd: int, negatives: bool) -> ModelPayload:
-        state, header = self.state, self._header(node, rnd)
+    def _model_payload(self, node: int, rnd: int, negatives: bool,
+                       evaluate: bool = False) -> ModelPayload:
+        state, header = self.state, replace(self._header(node, rnd), evaluate=evaluate)
         if state.views is None:
             return ModelPayload(header, state.item_emb)
         user_views, item_views = state.views
@@ -201,17 +205,23 @@ class FedShareStrategy:
         return loss, time.perf_counter() - start, unlearn_seconds
 
     # ---------------------------------------------------------------- train phase
-    def configure_train(self, nodes: list[int], rnd: int) -> list[Message]:
-        return self._model_messages(nodes, TRAIN, rnd, negatives=True)
+    def configure_train(self, nodes: list[int], rnd: int,
+                        evaluate: frozenset[int] = frozenset()) -> list[Message]:
+        """Train messages; nodes in ``evaluate`` first evaluate the model they receive."""
+        return self._model_messages(nodes, TRAIN, rnd, negatives=True, evaluate=evaluate)
 
-    def aggregate_train(self, replies: Replies, stats: PhaseStats) -> float:
-        """Per-row FedAvg of the valid updates; returns the example-weighted loss."""
+    def aggregate_train(self, replies: Replies, stats: PhaseStats,
+                        evaluations: list[tuple[int, EvaluateReply]] | None = None) -> float:
+        """Per-row FedAvg of the valid updates; returns the example-weighted loss. Evaluations
+        riding on the replies (``eval-in-train``) are appended to ``evaluations``."""
         updates, losses, weights = [], [], []
         for node, reply in replies:
             checked = guarded(stats, node, "train", lambda: self._check_train(node, reply))
             if checked is None:
                 continue
             train, update = checked
+            if train.evaluation is not None and evaluations is not None:
+                evaluations.append((node, train.evaluation))
             updates.append(update)
             stats.rows_up += len(update.index)
             losses.append(train.loss)
@@ -230,16 +240,28 @@ class FedShareStrategy:
         return train, check_train(train, state.item_emb, self.train_bounds,
                                   state.catalog.num_users, len(state.registry.users_of(node)))
 
+    def _train_messages(self, nodes: list[int], all_nodes: list[int], rnd: int,
+                        fold: bool) -> list[Message]:
+        """The round's train messages; with ``fold`` (``eval-in-train``) those to nodes that
+        are also evaluated this round ask them to evaluate the received model first."""
+        evaluated = frozenset(self.eval_nodes(all_nodes)) if fold else frozenset()
+        return self.configure_train(nodes, rnd, evaluate=evaluated)
+
     # ---------------------------------------------------------------- evaluate phase
     def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
         return self._model_messages(nodes, EVALUATE, rnd, negatives=False)
 
-    def aggregate_evaluate(self, replies: Replies, stats: PhaseStats) -> dict[str, dict[str, float]]:
-        """Metrics per split (``valid``, ``test``) over every valid reply."""
+    def aggregate_evaluate(self, replies: Replies, stats: PhaseStats,
+                           folded: list[tuple[int, EvaluateReply]] = ()) -> dict[str, dict[str, float]]:
+        """Metrics per split (``valid``, ``test``) over every valid reply, and over the
+        evaluations that rode on train replies (``folded``)."""
+        decoded = [(node, lambda reply=reply: decode(EvaluateReply, reply.content))
+                   for node, reply in replies]
+        decoded += [(node, lambda evaluation=evaluation: evaluation) for node, evaluation in folded]
         total: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
-        for node, reply in replies:
+        for node, reply in decoded:
             sums = guarded(stats, node, "evaluate", lambda: check_evaluate(
-                decode(EvaluateReply, reply.content), self.state.catalog.num_users))
+                reply(), self.state.catalog.num_users))
             if sums is None:
                 continue
             for split, values in sums.items():
@@ -248,11 +270,13 @@ class FedShareStrategy:
             stats.ok += 1
         return {split: finalize(sums) for split, sums in total.items() if sums}
 
-    def evaluate(self, grid, nodes: list[int], rnd: int):
-        """One evaluation of the current models on ``nodes``: ``(stats, metrics per split)``."""
+    def evaluate(self, grid, nodes: list[int], rnd: int,
+                 folded: list[tuple[int, EvaluateReply]] = ()):
+        """One evaluation of the current models on ``nodes`` (plus the ``folded`` evaluations
+        already received): ``(stats, metrics per split)``."""
         stats, start = PhaseStats(), time.perf_counter()
         replies = self._exchange(grid, self.configure_evaluate(nodes, rnd), "evaluate", stats, rnd)
-        metrics = self.aggregate_evaluate(replies, stats)
+        metrics = self.aggregate_evaluate(replies, stats, folded)
         stats.seconds = time.perf_counter() - start
         return stats, metrics
 
@@ -300,14 +324,19 @@ class FedShareStrategy:
         record.server_loss, graph_seconds, unlearn_seconds = self.train_graph()
         record.phases["graph"] = PhaseStats(seconds=graph_seconds, unlearn_seconds=unlearn_seconds)
         self.withdrawal.advance()
-        record.train_loss = self._phase(grid, record, "train", self.configure_train(nodes, rnd),
-                                        self.aggregate_train)
+        folded = [] if self.cfg.evaluates(rnd) and self.cfg.eval_in_train else None
+        record.train_loss = self._phase(
+            grid, record, "train", self._train_messages(nodes, all_nodes, rnd, folded is not None),
+            lambda replies, stats: self.aggregate_train(replies, stats, folded))
         record.nodes_sampled, record.shared_edges = len(nodes), len(state.edges)
         record.graph_changed = state.edges is not edges_before
         record.generation = state.generation
         record.lost_nodes = self._lost_nodes(record.phase("train").lost)
         if self.cfg.evaluates(rnd):
-            record.phases["evaluate"], metrics = self.evaluate(grid, self.eval_nodes(all_nodes), rnd)
+            done = set() if folded is None else \
+                {node for node, _ in folded} | set(record.phase("train").lost)
+            rest = [n for n in self.eval_nodes(all_nodes) if n not in done]
+            record.phases["evaluate"], metrics = self.evaluate(grid, rest, rnd, folded or ())
             record.metrics, record.valid_metrics = metrics.get("test", {}), metrics.get("valid", {})
         return record
 

@@ -9,7 +9,7 @@ import torch
 from common.config import load_config
 from common.datasets import default_data_root, partition_users
 from common.metrics import SPLITS, evaluate_split, finalize
-from harness.session import new_session
+from harness.session import clone, new_session
 from server_app.strategy import selection
 
 pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
@@ -88,3 +88,33 @@ def test_eval_fraction_evaluates_the_same_seeded_subset_every_time(tmp_path):
     users = np.concatenate([partition_users(ds.num_users, n - 1, 8) for n in evaluated[0]])
     with_test = np.intersect1d(users, ds.test[:, 0])
     assert records[-1].metrics["num-users"] == len(with_test)
+
+
+def test_evaluation_folded_into_train_equals_a_separate_evaluation_of_the_same_model(tmp_path):
+    """``eval-in-train``: the nodes evaluate the model their train message brings before
+    training on it. With a server step that leaves the model as it was (``server-epochs`` 0)
+    that model is the one a separate evaluate message gets before the round: the metric sums
+    are the same (weighted fusion, so the private rows count and training would change them)."""
+    cfg = _cfg(tmp_path, **{"fusion": "weighted", "server-epochs": 0, "eval-every": 0})
+    learned = new_session(cfg, 4, tmp_path / "learned")
+    learned.run_rounds(2)
+    separate = clone(learned, tmp_path / "separate", cfg)
+    _, before = separate.strategy.evaluate(separate.grid, [1, 2, 3, 4], 3)
+    folded_cfg = cfg.model_copy(update={"eval_in_train": True, "eval_every": 1})
+    folded = clone(learned, tmp_path / "folded", folded_cfg)
+    record = folded.run_rounds(1)[0]
+    assert record.phases["evaluate"].sent == 0 and record.phases["evaluate"].ok == 4
+    assert record.metrics == before["test"] and record.valid_metrics == before["valid"]
+    separate.run_rounds(1)
+    _, after = separate.strategy.evaluate(separate.grid, [1, 2, 3, 4], 3)
+    assert after["test"] != before["test"]          # training did change the fused scores
+
+
+def test_folded_evaluation_still_sends_evaluate_messages_to_nodes_that_do_not_train(tmp_path):
+    cfg = _cfg(tmp_path, **{"eval-in-train": True, "fraction-train": 0.5, "eval-every": 1})
+    session = new_session(cfg, 6, tmp_path / "fed")
+    record = session.run_rounds(2)[-1]
+    assert record.phases["train"].sent == 3
+    assert record.phases["evaluate"].sent == 3 and record.phases["evaluate"].ok == 6
+    ds = cfg.load_data()
+    assert record.metrics["num-users"] == len(np.unique(ds.test[:, 0]))

@@ -11,7 +11,7 @@ import pytest
 
 from common.config import load_config
 from common.datasets import default_data_root, load_dataset
-from common.protocol import EVALUATE, REPLIES, RIDER, SHARE, TRAIN, UNSHARE
+from common.protocol import EVALUATE, OPTIONAL, REPLIES, RIDER, SHARE, TRAIN, UNSHARE
 from common.sharing import shared_pairs
 from harness.inprocess import run_inprocess
 from server_app.state import ServerState
@@ -21,26 +21,31 @@ ALLOWED = {phase: REPLIES[action].RECORDS for phase, action in
            {"unshare": UNSHARE, "share": SHARE, "train": TRAIN, "evaluate": EVALUATE}.items()}
 
 
-@pytest.fixture(scope="module")
-def tapped_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["evaluate-messages", "eval-in-train"])
+def tapped_run(tmp_path_factory, request):
     if not (default_data_root() / "ml-100k" / "u.data").exists():
         pytest.skip("ML-100K not available")
     tmp = tmp_path_factory.mktemp("privacy")
     config = {"max-users": 60, "num-rounds": 2, "eval-every": 1, "sharing-ratio": 0.3,
-              "fraction-train": 1.0, "state-dir": str(tmp / "state"), "out-dir": str(tmp / "out")}
+              "fraction-train": 1.0, "eval-in-train": request.param,
+              "state-dir": str(tmp / "state"), "out-dir": str(tmp / "out")}
     replies = []
     result = run_inprocess(config, 3, tap=lambda phase, msg: replies.append((phase, msg)))
     return load_config(config), replies, result
 
 
 def test_every_reply_only_carries_whitelisted_fields(tapped_run):
-    _, replies, _ = tapped_run
-    assert {phase for phase, _ in replies} == {"share", "train", "evaluate"}
+    cfg, replies, _ = tapped_run
+    folded = cfg.eval_in_train   # every node trains every round: no evaluate message then
+    assert {phase for phase, _ in replies} == {"share", "train"} | (set() if folded else {"evaluate"})
+    rider = {name: set(keys) for name, keys in RIDER.items()}
     for phase, msg in replies:
         records = {name: set(record.keys()) for name, record in msg.content.items()}
         expected = {name: set(keys) for name, keys in ALLOWED[phase].items()}
         riding = {name: keys for name, keys in records.items() if name not in expected}
-        assert riding in ({}, {name: set(keys) for name, keys in RIDER.items()}), phase
+        optional = {name: set(keys) for name, keys in OPTIONAL.get(phase, {}).items()} \
+            if folded and phase == "train" else {}
+        assert riding in ({**optional}, {**optional, **rider}), phase
         assert {name: keys for name, keys in records.items() if name in expected} == expected
 
 
@@ -77,7 +82,8 @@ def test_train_and_evaluate_replies_carry_no_user_ids(tapped_run):
             assert set(arrays) == {"update/index", "update/values", "update/counts"}
             index = arrays["update/index"].numpy()
             assert index.dtype == np.int64 and (index < num_items).all()
-    assert counted["train"] == 6 and counted["evaluate"] == 6    # 3 nodes x 2 rounds each
+    # 3 nodes x 2 rounds each; with eval-in-train the metric sums ride on the train replies
+    assert counted["train"] == 6 and counted["evaluate"] == (0 if cfg.eval_in_train else 6)
 
 
 def test_an_honest_run_has_no_rejected_reply(tapped_run):

@@ -56,7 +56,13 @@ WITH_RIDER = [
 ]
 
 
-@pytest.mark.parametrize("payload", PAYLOADS + WITH_RIDER + [EGO], ids=lambda p: type(p).__name__)
+FOLDED = [Header(3, evaluate=True),
+          TrainReply(I64(0, 3), RNG.random((2, 4), np.float32), np.ones(2, np.float32), 0.25, 8,
+                     False, RIDING, evaluation=PAYLOADS[7])]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS + WITH_RIDER + [EGO] + FOLDED,
+                         ids=lambda p: type(p).__name__)
 def test_round_trip(payload):
     _same(payload, type(payload).from_content(payload.to_content()))
 
@@ -131,4 +137,14 @@ def test_pending_flags_must_be_bits():
     content["metrics"] = MetricRecord({"loss": 0.1, "num-examples": 3, "num-users": 1,
                                      "pending-sharing": 2})
     with pytest.raises(ProtocolError, match="0 or 1"):
+        TrainReply.from_content(content)
+
+
+def test_a_train_reply_carries_the_evaluation_records_only_when_it_evaluated():
+    content = FOLDED[1].to_content()
+    assert {"valid", "test"} <= set(content.metric_records)
+    assert "valid" not in WITH_RIDER[1].to_content().metric_records
+    assert TrainReply.from_content(WITH_RIDER[1].to_content()).evaluation is None
+    del content["valid"]                  # half an evaluation is a protocol error
+    with pytest.raises(ProtocolError, match="valid"):
         TrainReply.from_content(content)
