@@ -2,10 +2,13 @@
 
     python bench/deployment.py --out bench/out/deployment.json
 
-Runs the same config (3 nodes, every node every round) twice: `deploy/simulate.sh`
-(Flower's simulation runtime) and `deploy/federation.sh` (insecure mode, loopback), reads
-both result files and reports seconds per round and per phase, plus the import time of
-the ClientApp module (paid by every `flwr-clientapp` process, i.e. per message per node).
+Runs the same config (3 nodes, every node every round, evaluation every other round) in
+Flower's simulation runtime (`deploy/simulate.sh`) and on a real loopback federation
+(`deploy/federation.sh`, TLS by default) twice: as Flower ships it (superexec task poll 1 s,
+evaluation in its own message) and as this project runs it (poll 0.1 s, `eval-in-train`).
+Reports seconds per round and per phase (mean over rounds 2.., round 1 also shares), plus the
+import time of the ClientApp module (paid by every `flwr-clientapp` process, i.e. per message
+per node).
 """
 
 from __future__ import annotations
@@ -43,27 +46,54 @@ def run_simulation(tmp: Path, rounds: int) -> dict:
     return _result(tmp / "out")
 
 
-def run_deployment(tmp: Path, rounds: int) -> dict:
-    env = {**os.environ, "FEDSHARE_OUT_DIR": str(tmp / "out")}
+def run_deployment(tmp: Path, rounds: int, mode: str, poll: float, folded: bool) -> dict:
+    """A loopback federation in ``mode`` with superexec task poll ``poll`` s; ``folded``:
+    evaluation rides on the train messages (``eval-in-train``)."""
+    env = {**os.environ, "FEDSHARE_OUT_DIR": str(tmp / "out"), "FEDSHARE_TIMINGS": "1",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll)}
     script = [str(ROOT / "deploy" / "federation.sh"), "--run-dir", str(tmp / "fed"),
+              "--mode", mode, "--certs-dir", str(tmp / "certs"),
               "--superlink-port", "18700", "--node-port-base", "18794"]
+    overrides = OVERRIDES.format(rounds=rounds) + f" eval-in-train={str(folded).lower()}"
     subprocess.run(script + ["start"], env=env, check=True, capture_output=True, timeout=300)
     try:
-        subprocess.run(script + ["run", OVERRIDES.format(rounds=rounds)], env=env, check=True,
-                       capture_output=True, timeout=1800)
+        subprocess.run(script + ["run", overrides], env=env, check=True, capture_output=True,
+                       timeout=1800)
     finally:
         subprocess.run(script + ["stop"], env=env, capture_output=True, timeout=120)
-    return _result(tmp / "out")
+    return {**_result(tmp / "out"), "timings": _timings(tmp / "fed" / "state")}
 
 
-def per_round(result: dict) -> dict:
-    """Mean seconds of rounds 2.. (round 1 also shares), total and per phase."""
+def _timings(state_dir: Path) -> list[dict]:
+    """Every node's per-message timing lines (client_app/timing.py)."""
+    return [json.loads(line) for path in sorted(state_dir.rglob("timings.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def message_breakdown(result: dict) -> dict:
+    """Mean seconds per train/evaluate message of rounds 2..: from its creation on the server
+    to its ClientApp process's start (SuperNode poll, superexec poll, spawn), the process's
+    imports, Flower's ClientApp setup (reading the message from the SuperNode), our handler;
+    and per round the way back (model-phase time after the last handler of each phase ended:
+    reply push, SuperNode poll, ServerApp poll)."""
+    lines = [t for t in result["timings"]
+             if t["type"] in ("train", "evaluate") and int(t["round"]) > 1]
+    if not lines:
+        return {}
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for t in lines:
+        groups.setdefault((int(t["round"]), t["type"]), []).append(t)
+    spans = sum(max(t["end"] for t in g) - min(t["created"] for t in g) for g in groups.values())
     rounds = [r for r in result["rounds"] if r["round"] > 1]
-    phases = sorted({p for r in rounds for p in r["phases"]})
-    return {"round_seconds": sum(r["seconds"] for r in rounds) / len(rounds),
-            "first_round_seconds": result["rounds"][0]["seconds"],
-            **{f"{p}_seconds": sum(r["phases"].get(p, {}).get("seconds", 0.0) for r in rounds)
-               / len(rounds) for p in phases}}
+    phases = sum(r["phases"].get(p, {}).get("seconds", 0.0) for r in rounds
+                 for p in ("train", "evaluate"))
+    mean = lambda key: sum(key(t) for t in lines) / len(lines)  # noqa: E731
+    return {"messages_per_node_round": len(lines) / len(rounds) / 3,
+            "to_process_start": mean(lambda t: t["process"] - t["created"]),
+            "imports": mean(lambda t: t["imported"] - t["process"]),
+            "flower_setup": mean(lambda t: t["start"] - t["imported"]),
+            "handler": mean(lambda t: t["end"] - t["start"]),
+            "way_back_per_round": (phases - spans) / len(rounds)}
 
 
 def clientapp_import_seconds() -> float:
@@ -77,17 +107,24 @@ def clientapp_import_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mode", choices=("insecure", "tls"), default="tls")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedshare-deploy-"))
-    rows = [{"runtime": "simulation", **per_round(run_simulation(tmp / "sim", args.rounds))},
-            {"runtime": "deployment", **per_round(run_deployment(tmp / "dep", args.rounds))}]
+    rows = [{"runtime": "simulation", **per_round(run_simulation(tmp / "sim", args.rounds))}]
+    for name, poll, folded in (("deployment, Flower defaults", 1.0, False),
+                               ("deployment, poll 0.1 + eval-in-train", 0.1, True)):
+        result = run_deployment(tmp / name.replace(" ", "-").replace(",", ""), args.rounds,
+                                args.mode, poll, folded)
+        rows.append({"runtime": f"{name} ({args.mode})", **per_round(result),
+                     **message_breakdown(result)})
     imports = clientapp_import_seconds()
-    print_table(rows, list(rows[1].keys()))
+    columns = ["runtime"] + sorted({k for row in rows for k in row} - {"runtime"})
+    print_table(rows, columns)
     print(f"import client_app.app: {imports:.2f} s per flwr-clientapp process")
     write_json(args.out, {"rows": rows, "clientapp_import_seconds": imports,
                           "manifest": run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds),
-                                                    "nodes": 3}, 0, "")})
+                                                    "nodes": 3, "mode": args.mode}, 0, "")})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ server's last acknowledgement of shared counts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from client_app.ledger import DONE, PENDING, REFUSED, Ledger, ledger_exists, upd
 from client_app.local_training import (GlobalView, LocalHyper, ego_user_views, evaluate_local,
                                       train_local)
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
+from client_app.timing import timed
 from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
 from common.metrics import SPLITS, split_pairs
@@ -31,6 +33,12 @@ from common.upload_privacy import prepare_upload, pseudo_pairs
 
 app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
+_IMPORTED = [0.0]   # when this module finished importing (set at its end)
+
+
+def _timed(handler):
+    """Per-message timings when ``FEDSHARE_TIMINGS=1`` (client_app/timing.py)."""
+    return timed(handler, lambda context: _config(context)[3], lambda: _IMPORTED[0])
 
 
 def _config(context: Context) -> tuple[RunConfig, int, int, Path]:
@@ -194,6 +202,7 @@ def _held_share(header: Header, node: NodeData) -> torch.Tensor:
 
 
 @app.query("unshare")
+@_timed
 def unshare(msg: Message, context: Context) -> Message:
     """The cheap poll: pending unshare requests only (the node's data is not loaded)."""
     cfg, _, _, state_dir = _config(context)
@@ -205,6 +214,7 @@ def unshare(msg: Message, context: Context) -> Message:
 
 
 @app.query("share")
+@_timed
 def share(msg: Message, context: Context) -> Message:
     """Upload the shared pairs of every user the server does not hold in full."""
     cfg, node, state_dir = _setup(context)
@@ -219,6 +229,7 @@ def share(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@_timed
 def train(msg: Message, context: Context) -> Message:
     """Local epochs over all the node's users; reply with the changed item rows."""
     cfg, node, state_dir = _setup(context)
@@ -263,6 +274,7 @@ def _pseudo_positives(cfg: RunConfig, node: NodeData, rng: np.random.Generator) 
 
 
 @app.evaluate()
+@_timed
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank all items for every hosted user; reply with metric sums of both splits."""
     cfg, node, state_dir = _setup(context)
@@ -282,3 +294,6 @@ def _metric_sums(cfg: RunConfig, node: NodeData, user_emb, view) -> dict[str, di
         known, truth = split_pairs(split, node.train_local, node.valid_local, node.test_local)
         sums[split] = evaluate_local(user_emb, view, known, truth, cfg.fusion)
     return sums
+
+
+_IMPORTED[0] = time.time()
