@@ -13,16 +13,24 @@ its own copy of the learned federation:
   the requests);
 * ``retrain``: the server starts a new model generation on the remaining shared data
   (clients reset their user rows) and trains ``--learn-rounds`` rounds from scratch;
+* ``fru``: FRU on the server graph model (docs/design.md "FRU in FedShare"): the LightGCN
+  learning phase keeps its update log (the federation is learned with ``unlearning-method =
+  "fru"`` when fru is run: the log changes no training, so naive and contrastive start from
+  the same model, without the log); the first of ``--unlearn-rounds`` rounds rolls back and
+  replays (in the unshare phase);
 * ``receraser``: its own learning phase (the server model is the RecEraser ensemble from
   round 1, same seeds and nodes), then ``--unlearn-rounds`` rounds; the first retrains the
   affected shards and the aggregator from scratch (in the unshare phase).
 
 Rows: ``{scenario, method, recall@20, ndcg@20, withdrawn_mean_rank, shared_mean_rank,
 never_seen_mean_rank, mia_auc, popularity_auc, unlearn_seconds, retrain_seconds,
-storage_bytes, fru_storage_bytes}`` (``popularity_auc``: the same targets scored by item
+storage_bytes, fru_fedrec_estimated_bytes}`` (``popularity_auc``: the same targets scored by item
 popularity alone, the floor of a score attack on a model that ranks popular items high); ranks and the membership attack use the server (global) model (for
 ``receraser`` the aggregated ensemble). Storage: snapshots + edge round stamps, for
-``receraser`` the K sub-models' tables and the aggregator (the ensemble itself).
+``receraser`` the K sub-models' tables and the aggregator (the ensemble itself), for ``fru``
+the measured bytes of its update log plus snapshots and stamps.
+``fru_fedrec_estimated_bytes``: FRU in its FedRec form, estimated (every participating
+client's uploaded item rows of every round; 0 when rows are not uploaded).
 """
 
 from __future__ import annotations
@@ -49,10 +57,10 @@ from server_app.unlearning import fru_storage_bytes, unlearning_storage_bytes  #
 
 SCENARIOS = {"one-user": (1.0, 1.0, 1), "users-all": (0.1, 1.0, None),
              "random-30": (1.0, 0.3, None)}  # user fraction, item fraction, most users
-METHODS = ("retrain", "naive", "contrastive", "receraser")
+METHODS = ("retrain", "naive", "contrastive", "fru", "receraser")
 COLUMNS = ["scenario", "method", "recall@20", "ndcg@20", "withdrawn_mean_rank",
            "shared_mean_rank", "never_seen_mean_rank", "mia_auc", "popularity_auc", "unlearn_seconds",
-           "retrain_seconds", "storage_bytes", "fru_storage_bytes"]
+           "retrain_seconds", "storage_bytes", "fru_fedrec_estimated_bytes"]
 
 
 MAX_TARGETS = 5000  # withdrawn pairs scored (a seeded sample when there are more)
@@ -107,9 +115,12 @@ def _family(method: str) -> str:
 
 
 def learn(cfg: RunConfig, family: str, args, scratch: Path) -> Session:
-    """``--learn-rounds`` rounds of a fresh federation (server model of ``family``)."""
+    """``--learn-rounds`` rounds of a fresh federation (server model of ``family``; the
+    LightGCN one keeps FRU's update log when fru is run)."""
     if family == "receraser":
         cfg = cfg.model_copy(update={"unlearning_method": "receraser"})
+    elif "fru" in args.methods.split(","):         # the log changes no training
+        cfg = cfg.model_copy(update={"unlearning_method": "fru"})
     session = new_session(cfg, args.nodes, scratch / f"learned-{family}")
     session.run_rounds(args.learn_rounds)
     return session
@@ -129,7 +140,7 @@ def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, arg
            **forgetting(session, ds, withdrawn, args.seed),
            "unlearn_seconds": unlearn_seconds(records, method),
            "storage_bytes": storage_bytes(session, method),
-           "fru_storage_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
+           "fru_fedrec_estimated_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
     if method == "receraser":   # sub-models replaced by a retraining
         row["shards_retrained"] = sum(a is not b for a, b in zip(shards, session.state.model.shards))
     return row
@@ -139,7 +150,8 @@ def storage_bytes(session: Session, method: str) -> int:
     state = session.state
     if method == "receraser":
         return state.model.storage_bytes()
-    return unlearning_storage_bytes(state.snapshots, len(state.edges))
+    log_bytes = state.updates.storage_bytes() if method == "fru" else 0
+    return log_bytes + unlearning_storage_bytes(state.snapshots, len(state.edges))
 
 
 def main() -> None:

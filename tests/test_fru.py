@@ -18,7 +18,7 @@ from server_app.audit import audit_live, audit_state_dir
 from server_app.fru import rollback_and_replay
 from server_app.records import Catalog
 from server_app.state import ServerState
-from server_app.state_file import read_state
+from server_app.state_file import erase_in_payload, read_state
 from server_app.update_log import UpdateLog, top_rows
 
 NUM_USERS, NUM_ITEMS = 6, 8
@@ -126,6 +126,18 @@ def test_after_a_real_replay_with_nothing_withdrawn_the_log_reproduces_the_model
             torch.testing.assert_close(new.lengths(), old.lengths()[keep])
     assert state.updates.replay_from is None
     assert not state.model.optimizer.state                      # fresh after the replay
+
+
+def test_another_run_that_held_withdrawn_pairs_loses_its_log_with_its_model(tmp_path):
+    state, _ = _tiny_state(tmp_path, rounds=2)
+    state.save()
+    payload = read_state(state.state_dir)
+    assert payload["updates"]["rounds"]
+    assert erase_in_payload(payload, state.edges.pairs()[:1]) == 1
+    assert payload["updates"] is None and payload["model"] is None and payload["owed_retrain"]
+    revived = ServerState(state.cfg, tmp_path / "revived")
+    revived._restore(payload)                       # resumed: a new generation, a new log
+    assert revived.generation == 1 and revived.updates.rounds == {}
 
 
 @pytest.mark.parametrize("overrides,message", [
