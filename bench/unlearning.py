@@ -140,7 +140,8 @@ def run_method(learned: Session, cfg: RunConfig, method: str, scenario: str, arg
            **forgetting(session, ds, withdrawn, args.seed),
            "unlearn_seconds": unlearn_seconds(records, method),
            "storage_bytes": storage_bytes(session, method),
-           "fru_fedrec_estimated_bytes": fru_storage_bytes(learned.history + records, cfg.embedding_dim)}
+           "fru_fedrec_estimated_bytes": fru_storage_bytes(learned.history + records,
+                                                           cfg.embedding_dim)}
     if method == "receraser":   # sub-models replaced by a retraining
         row["shards_retrained"] = sum(a is not b for a, b in zip(shards, session.state.model.shards))
     return row

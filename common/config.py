@@ -91,7 +91,8 @@ class RunConfig(BaseModel):
     server_reg: float = Field(1e-3, ge=0.0)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning
-    unlearning_method: Literal["contrastive", "naive", "retrain", "receraser", "fru"] = "contrastive"
+    unlearning_method: Literal["contrastive", "naive", "retrain", "receraser",
+                               "fru"] = "contrastive"
     unlearn_rounds: int = Field(3, ge=0)
     unlearn_hops: int = Field(1, ge=0, le=8)
     unlearn_steps: int = Field(5, ge=0)

@@ -3,7 +3,8 @@
 Durable: round, model generation, catalog, FedAvg item table, shared-edge store (each edge
 stamped with the round it entered), server graph model with its optimizer, snapshots, user
 ownership, unshare outcomes (request ids only: no withdrawn pair is ever written), the
-running unlearning task, FRU's update log (``unlearning-method = "fru"``) and the round history. :meth:`ServerState.save` writes all of it
+running unlearning task, FRU's update log (``unlearning-method = "fru"``) and the round
+history. :meth:`ServerState.save` writes all of it
 atomically to ``<state dir>/state.pt``; :meth:`ServerState.load` reads it back.
 
 Derived, never stored: the graph (a pure function of the edge store, rebuilt when the store

@@ -4,8 +4,8 @@
 the ones below it also reach the *other* runs' files under the same server root, because a
 withdrawal applies to every run that holds the user's pairs: in an idle run's file the pairs
 are erased, and its server model, optimizer, snapshots, unlearning task and FRU update log
-(all trained with them) are dropped and marked ``owed_retrain``: when that run is resumed it starts a new model
-generation from what is still shared.
+(all trained with them) are dropped and marked ``owed_retrain``: when that run is resumed it
+starts a new model generation from what is still shared.
 """
 
 from __future__ import annotations

@@ -90,9 +90,7 @@ class UpdateLog:
 
     def to_dict(self) -> dict:
         return {"alpha": self.alpha, "origin": self.origin, "replay_from": self.replay_from,
-                "rounds": {r: {"epochs": e.epochs, **{f"{k}_rows": t.rows for k, t in e.tables.items()},
-                               **{f"{k}_values": t.values for k, t in e.tables.items()}}
-                           for r, e in self.rounds.items()}}
+                "rounds": {r: _entry_dict(e) for r, e in self.rounds.items()}}
 
     @classmethod
     def from_dict(cls, saved: dict) -> "UpdateLog":
@@ -102,6 +100,13 @@ class UpdateLog:
             k: RowUpdates(e[f"{k}_rows"], e[f"{k}_values"]) for k in TABLES})
             for r, e in saved["rounds"].items()}
         return log
+
+
+def _entry_dict(entry: RoundUpdate) -> dict:
+    saved = {"epochs": entry.epochs}
+    for k, update in entry.tables.items():
+        saved[f"{k}_rows"], saved[f"{k}_values"] = update.rows, update.values
+    return saved
 
 
 def apply(tables: dict[str, torch.Tensor], entry: RoundUpdate) -> None:
