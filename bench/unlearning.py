@@ -25,7 +25,10 @@ history, withdrawn items included: they stay on the device); ``upload_mia_auc`` 
 reading, from the uploads after the request, which withdrawn items a node still trains on
 (:func:`upload_mia`). ``popularity_auc``: the same
 targets scored by item popularity alone. Storage: what the method keeps for unlearning,
-measured (snapshots + edge round stamps; for ``receraser`` the ensemble).
+measured (snapshots + edge round stamps; for ``fru`` plus its update log, docs/design.md "FRU
+in FedShare"; for ``receraser`` the ensemble). When fru is run, the LightGCN federation learns
+with ``unlearning-method = "fru"`` (the log changes no training; the other methods' copies
+drop it).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from harness.unlearning_runs import Budget, UnlearningRun, run_unlearning, serve
 from harness.upload_attacks import UPLOAD_ATTACKS, Upload, capture, evaluate  # noqa: E402
 from server_app.unlearning import unlearning_storage_bytes  # noqa: E402
 
-METHODS = ("retrain", "naive", "contrastive", "receraser")
+METHODS = ("retrain", "naive", "contrastive", "fru", "receraser")
 FORGET_SETS = tuple(f"{kind}-{pct}" for kind in FORGET_KINDS for pct in (5, 10, 20)) + ("sequential-10",)
 SEQUENTIAL_STEP = 0.01   # each request of a sequential forget set: 1 % of the shared pairs
 COLUMNS = ["forget_set", "requests", "method", "fraction", "recall@20", "ndcg@20", "mia_auc",
@@ -128,8 +131,9 @@ def upload_mia(uploads: list[Upload], learned: Session, withdrawn: np.ndarray, e
     scores = []
     for upload in uploads:
         users = np.union1d(upload.users, learned.state.registry.users_of(upload.node))
-        if np.isin(withdrawn[:, 0], users).any():
-            result = evaluate(replace(upload, users=users), withdrawn, epochs)
+        gone = withdrawn[np.isin(withdrawn[:, 0], users) & ~pairs_in(withdrawn, upload.shared)]
+        if len(gone):        # the node's withdrawals the server had carried out by then
+            result = evaluate(replace(upload, users=users), gone, epochs)
             scores.append(max(result[name]["auc"] for name in UPLOAD_ATTACKS))
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -143,6 +147,8 @@ def learn(cfg: RunConfig, family: str, args, nodes: int, scratch: Path) -> Sessi
     """``--learn-rounds`` rounds of a fresh federation (server model of ``family``)."""
     if family == "receraser":
         cfg = cfg.model_copy(update={"unlearning_method": "receraser"})
+    elif "fru" in args.methods.split(","):   # FRU's update log is kept; it changes no training
+        cfg = cfg.model_copy(update={"unlearning_method": "fru"})
     session = new_session(cfg, nodes, scratch / f"learned-{family}")
     session.run_rounds(args.learn_rounds)
     return session
@@ -152,7 +158,8 @@ def method_row(run: UnlearningRun, uploads: list[Upload], learned: Session, ds, 
     metrics = run.session.evaluate()
     state = run.session.state
     storage = state.model.storage_bytes() if run.method == "receraser" else \
-        unlearning_storage_bytes(state.snapshots, len(state.edges))
+        unlearning_storage_bytes(state.snapshots, len(state.edges)) + \
+        (state.updates.storage_bytes() if run.method == "fru" else 0)
     return {"method": run.method, "withdrawn_pairs": len(run.withdrawn),
             "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
             **forgetting(run.session, ds, run.withdrawn, seed),

@@ -94,7 +94,8 @@ class RunConfig(BaseModel):
     server_reg: float = Field(1e-3, ge=0.0)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning
-    unlearning_method: Literal["contrastive", "naive", "retrain", "receraser"] = "contrastive"
+    unlearning_method: Literal["contrastive", "naive", "retrain", "receraser",
+                               "fru"] = "contrastive"
     unlearn_rounds: int = Field(3, ge=0)
     unlearn_hops: int = Field(1, ge=0, le=8)
     unlearn_steps: int = Field(5, ge=0)
@@ -110,6 +111,10 @@ class RunConfig(BaseModel):
     receraser_partition: Literal["user", "random"] = "user"
     receraser_epochs: int = Field(100, ge=1)
     receraser_aggregator_epochs: int = Field(10, ge=1)
+    # unlearning-method "fru": the server model's update log keeps the top fru-alpha of each
+    # round's changed rows; a replayed round calibrates fru-calibration x its server epochs
+    fru_alpha: float = Field(0.5, gt=0.0, le=1.0)
+    fru_calibration: float = Field(0.1, gt=0.0, le=1.0)
     # upload privacy (issue 11; common/upload_privacy.py): what the server can read off uploads
     upload_mode: Literal["auto", "rows", "none"] = "auto"
     upload_rows: Literal["touched", "all"] = "touched"
@@ -162,12 +167,15 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _can_unlearn(self) -> "RunConfig":
-        """Contrastive unlearning needs a snapshot older than any shared edge: round 0."""
-        if self.unlearning_method == "contrastive" and self.unlearn_rounds > 0 \
-                and 0 not in self.snapshot_round_list:
+        """Contrastive unlearning needs a snapshot older than any shared edge: round 0; so
+        does FRU's rollback (round 0 plus the logged updates)."""
+        needs_zero = self.unlearning_method == "fru" or \
+            (self.unlearning_method == "contrastive" and self.unlearn_rounds > 0)
+        if needs_zero and 0 not in self.snapshot_round_list:
             raise ValueError("snapshot-rounds must include 0 for unlearning-method "
-                             "'contrastive' (the only snapshot older than every shared edge; "
-                             f"got {self.snapshot_rounds!r}); or use 'naive' or 'retrain'")
+                             f"{self.unlearning_method!r} (the only snapshot older than every "
+                             f"shared edge; got {self.snapshot_rounds!r}); or use 'naive' or "
+                             "'retrain'")
         return self
 
     @model_validator(mode="after")

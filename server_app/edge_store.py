@@ -75,6 +75,12 @@ class EdgeStore:
         """Number of stored edges of each of ``users``."""
         return np.searchsorted(self.user, users, "right") - np.searchsorted(self.user, users, "left")
 
+    def until(self, server_round: int) -> "EdgeStore":
+        """The edges stored that had entered by ``server_round`` (a replay's graph)."""
+        keep = self.round <= server_round
+        return EdgeStore(self.num_users, self.num_items, self.user[keep], self.item[keep],
+                         self.round[keep])
+
     def users(self) -> np.ndarray:
         """Users with at least one shared edge."""
         return np.unique(self.user)

@@ -87,14 +87,15 @@ class ServerGraphModel:
 
     def train(self, graph: Graph, pairs: torch.Tensor, targets: torch.Tensor | None,
               extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-              steps: int | None = None) -> float:
-        """Mini-batch BPR over the shared ``pairs`` ((E, 2) [user, item]): ``hp.epochs``
-        passes, or exactly ``steps`` batches when given.
+              steps: int | None = None, epochs: float | None = None) -> float:
+        """Mini-batch BPR over the shared ``pairs`` ((E, 2) [user, item]): ``epochs``
+        (default ``hp.epochs``) passes, or exactly ``steps`` batches when given.
 
         ``extra(users, items)`` adds a term computed from the propagated tables (unlearning)."""
-        if len(pairs) == 0 or (steps is None and self.hp.epochs <= 0) or steps == 0:
+        epochs = self.hp.epochs if epochs is None else epochs
+        if len(pairs) == 0 or (steps is None and epochs <= 0) or steps == 0:
             return 0.0
-        num_samples = math.ceil(self.hp.epochs * len(pairs)) if steps is None \
+        num_samples = math.ceil(epochs * len(pairs)) if steps is None \
             else steps * self.hp.batch_size
         repeats = math.ceil(num_samples / len(pairs))
         order = torch.cat([torch.randperm(len(pairs), generator=self.generator)
@@ -150,6 +151,18 @@ class ServerGraphModel:
                 if moment is not None:
                     moment[rows] = 0.0
             self.moments_since[kind][rows] = rnd
+
+    def reset_optimizer(self, rnd: int) -> None:
+        """A fresh optimizer: every row's moments accumulate from round ``rnd`` on."""
+        self.optimizer = torch.optim.Adam([self.user_weight, self.item_weight], lr=self.hp.lr)
+        for since in self.moments_since.values():
+            since.fill_(rnd)
+
+    def set_tables(self, tables: dict[str, torch.Tensor]) -> None:
+        """Overwrite ``Z`` with ``tables`` (a rollback or replay)."""
+        with torch.no_grad():
+            self.user_weight.copy_(tables["user"])
+            self.item_weight.copy_(tables["item"])
 
     def state_dict(self) -> dict:
         return {"user": self.user_weight.detach(), "item": self.item_weight.detach(),

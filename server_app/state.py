@@ -3,7 +3,8 @@
 Durable: round, model generation, catalog, FedAvg item table, shared-edge store (each edge
 stamped with the round it entered), server graph model with its optimizer, snapshots, user
 ownership, unshare outcomes (request ids only: no withdrawn pair is ever written), the
-running unlearning task and the round history. :meth:`ServerState.save` writes all of it
+running unlearning task, FRU's update log (``unlearning-method = "fru"``) and the round
+history. :meth:`ServerState.save` writes all of it
 atomically to ``<state dir>/state.pt``; :meth:`ServerState.load` reads it back.
 
 Derived, never stored: the graph (a pure function of the edge store, rebuilt when the store
@@ -31,6 +32,7 @@ from server_app.receraser_model import ReceraserGraphModel
 from server_app.records import Catalog, RoundRecord
 from server_app.state_file import clean_start, erase_in_other_runs, read_state, write_state
 from server_app.unlearning import UnlearningTask, affected_nodes
+from server_app.update_log import UpdateLog
 
 log = logging.getLogger("flwr.fedshare")
 
@@ -65,6 +67,7 @@ class ServerState:
         self.outcomes: dict[int, UnshareAnswer] = {}  # request id -> answer (no pairs kept)
         self.unlearning: UnlearningTask | None = None
         self.taint: Taint | None = None
+        self.updates: UpdateLog | None = None   # FRU's log of the graph model's updates
         self.history: list[RoundRecord] = []
         self.views: tuple[np.ndarray, np.ndarray] | None = None
         self.ego: EgoTables | None = None   # derived with the views when fusion = "ego"
@@ -87,6 +90,7 @@ class ServerState:
         self.model = _graph_model(cfg, catalog)
         self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
         self.ego = None
+        self.updates = UpdateLog(cfg.fru_alpha) if cfg.unlearning_method == "fru" else None
         self.maybe_snapshot(0)
 
     def new_generation(self) -> None:
@@ -136,11 +140,7 @@ class ServerState:
         """``build_graph`` of the edge store (cached per store value; None when empty)."""
         source, graph = self._graph
         if source is not self.edges:
-            graph = None
-            if self.edges is not None and len(self.edges):
-                pairs = torch.from_numpy(self.edges.pairs())
-                graph = build_graph(pairs[:, 0], pairs[:, 1], self.catalog.num_users,
-                                    self.catalog.num_items)
+            graph = _graph_of(self.edges)
             self._graph = (self.edges, graph)
             if graph is None:
                 self.views, self.ego = None, None
@@ -172,12 +172,27 @@ class ServerState:
         self.unlearning = task
 
     # ------------------------------------------------------------- server model
-    def train_graph(self, extra=None, steps: int | None = None) -> float:
+    def train_graph(self, extra=None, steps: int | None = None, rnd: int | None = None) -> float:
         """Train the server model on the current graph (BPR over the shared edges, item-side
-        alignment to the FedAvg table when enabled, plus ``extra``)."""
-        targets = torch.from_numpy(self.item_emb) if self.cfg.server_cl_weight > 0 else None
-        pairs = torch.from_numpy(self.edges.pairs())
-        return self.model.train(self.graph, pairs, targets, extra, steps=steps)
+        alignment to the FedAvg table when enabled, plus ``extra``). ``rnd``: this is round
+        ``rnd``'s own graph step, whose update FRU's log keeps (when the run keeps one)."""
+        before = self.model.tables() if self.updates is not None and rnd is not None else None
+        loss = self.model.train(self.graph, torch.from_numpy(self.edges.pairs()),
+                                self._alignment_targets(), extra, steps=steps)
+        if before is not None:
+            self.updates.record(rnd, self.model.hp.epochs, before, self.model.tables())
+        return loss
+
+    def calibrate(self, rnd: int, epochs: float) -> None:
+        """FRU's calibration of a replayed round ``rnd``: ``epochs`` of training on the
+        edges stored that had entered by then (the withdrawn ones are no longer stored)."""
+        edges = self.edges.until(rnd)
+        if len(edges):
+            self.model.train(_graph_of(edges), torch.from_numpy(edges.pairs()),
+                             self._alignment_targets(), epochs=epochs)
+
+    def _alignment_targets(self) -> torch.Tensor | None:
+        return torch.from_numpy(self.item_emb) if self.cfg.server_cl_weight > 0 else None
 
     def refresh_views(self) -> None:
         """Views of the current model; None while it is not trained on the current graph.
@@ -245,6 +260,7 @@ class ServerState:
             "outcomes": {k: (v.refused, v.reason) for k, v in self.outcomes.items()},
             "unlearning": None if self.unlearning is None else asdict(self.unlearning),
             "taint": None if self.taint is None else asdict(self.taint), "owed_retrain": False,
+            "updates": None if self.updates is None else self.updates.to_dict(),
             "history": [record.to_dict() for record in self.history],
         }
 
@@ -282,6 +298,7 @@ class ServerState:
         self.snapshots = saved["snapshots"]
         self.unlearning = None if saved["unlearning"] is None else UnlearningTask(**saved["unlearning"])
         self.taint = Taint(**saved["taint"]) if saved.get("taint") else None
+        self.updates = _update_log(self.cfg, saved.get("updates"), self.round)
         if self.graph is not None:   # derived: a restarted server serves the same views
             self.refresh_views()
 
@@ -293,7 +310,29 @@ class ServerState:
         finally:
             self._graph = cache
         twin.cfg, twin.state_dir = cfg, Path(state_dir)
+        twin.updates = _update_log(cfg, twin.updates, twin.round)
         return twin
+
+
+def _update_log(cfg: RunConfig, saved: UpdateLog | dict | None, rnd: int) -> UpdateLog | None:
+    """The update log a state continues under ``cfg``: the saved one for ``fru`` (new rounds
+    kept with ``cfg``'s alpha), none for the other methods; a run switched to ``fru`` after
+    round ``rnd`` starts one there (it cannot roll back past it: its withdrawals retrain)."""
+    if cfg.unlearning_method != "fru":
+        return None
+    if saved is None:
+        return UpdateLog(cfg.fru_alpha, origin=rnd)
+    log = UpdateLog.from_dict(saved) if isinstance(saved, dict) else saved
+    log.alpha = cfg.fru_alpha
+    return log
+
+
+def _graph_of(edges: EdgeStore | None) -> Graph | None:
+    """``build_graph`` of a store's edges (None when there are none)."""
+    if edges is None or not len(edges):
+        return None
+    pairs = torch.from_numpy(edges.pairs())
+    return build_graph(pairs[:, 0], pairs[:, 1], edges.num_users, edges.num_items)
 
 
 def _graph_model(cfg: RunConfig, catalog: Catalog) -> ServerGraphModel | ReceraserGraphModel:

@@ -3,9 +3,9 @@
 :class:`server_app.state.ServerState` saves and loads its own file through these functions;
 the ones below it also reach the *other* runs' files under the same server root, because a
 withdrawal applies to every run that holds the user's pairs: in an idle run's file the pairs
-are erased, and its server model, optimizer, snapshots and unlearning task (all trained with
-them) are dropped and marked ``owed_retrain``: when that run is resumed it starts a new model
-generation from what is still shared.
+are erased, and its server model, optimizer, snapshots, unlearning task and FRU update log
+(all trained with them) are dropped and marked ``owed_retrain``: when that run is resumed it
+starts a new model generation from what is still shared.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def erase_in_payload(payload: dict, pairs: np.ndarray) -> int:
     users = set(payload["edges"]["user"].tolist())
     payload["registry"]["owner"] = {u: n for u, n in payload["registry"]["owner"].items()
                                     if int(u) in users}
-    payload.update(model=None, snapshots={}, unlearning=None, owed_retrain=True)
+    payload.update(model=None, snapshots={}, unlearning=None, updates=None, owed_retrain=True)
     return int(hit.sum())
 
 

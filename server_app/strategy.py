@@ -190,13 +190,14 @@ class FedShareStrategy:
         return users
 
     # ---------------------------------------------------------------- server graph
-    def train_graph(self) -> tuple[float, float, float]:
+    def train_graph(self, rnd: int) -> tuple[float, float, float]:
         """Train the server model on the current graph (and unlearn, while a method asks
         for it); returns (loss, seconds, seconds spent on dedicated unlearning steps)."""
         start, state = time.perf_counter(), self.state
+        self.withdrawal.resume()
         if state.graph is None:
             return 0.0, 0.0, 0.0
-        loss = state.train_graph()
+        loss = state.train_graph(rnd=rnd)
         unlearning, unlearn_start = self.withdrawal.loss_term(), time.perf_counter()
         if unlearning is not None:  # dedicated steps: BPR on the remaining edges + unlearning
             state.train_graph(unlearning, steps=self.cfg.unlearn_steps)
@@ -321,7 +322,7 @@ class FedShareStrategy:
             record.skipped = True
             return record
         record.unlearning = state.unlearning is not None
-        record.server_loss, graph_seconds, unlearn_seconds = self.train_graph()
+        record.server_loss, graph_seconds, unlearn_seconds = self.train_graph(rnd)
         record.phases["graph"] = PhaseStats(seconds=graph_seconds, unlearn_seconds=unlearn_seconds)
         self.withdrawal.advance()
         folded = [] if self.cfg.evaluates(rnd) and self.cfg.eval_in_train else None

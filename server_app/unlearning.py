@@ -131,11 +131,3 @@ def unlearning_storage_bytes(snapshots: dict[int, dict[str, torch.Tensor]], num_
     """Bytes kept for unlearning: K snapshots of the server table plus edge round stamps."""
     table_bytes = sum(t.numel() * t.element_size() for s in snapshots.values() for t in s.values())
     return table_bytes + num_edges * 8
-
-
-def fru_storage_bytes(rounds: list, dim: int, value_bytes: int = 4, index_bytes: int = 8) -> int:
-    """What FRU (Yuan et al., WSDM 2023) would store on the same run: every participating
-    client's item-embedding update rows of every round (values and row indices), from
-    :class:`server_app.records.RoundRecord` s."""
-    rows = sum(r.phases["train"].rows_up for r in rounds if "train" in r.phases)
-    return rows * (dim * value_bytes + index_bytes)

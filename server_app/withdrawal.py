@@ -13,7 +13,9 @@ Methods are pluggable (:class:`UnlearningMethod`): ``naive`` (delete and go on),
 ``retrain`` (a new model generation trained from scratch on what is still shared),
 ``contrastive`` (docs/method.md §4; the math is in :mod:`server_app.unlearning`) and
 ``receraser`` (exact: the affected shards of the ensemble in :mod:`server_app.receraser_model`
-are deleted before the save and retrained from scratch after it, in :meth:`settle`).
+are deleted before the save and retrained from scratch after it, in :meth:`settle`) and
+``fru`` (FRU's rollback and calibrated replay of the logged rounds, :mod:`server_app.fru`, in
+:meth:`settle`; a restart in between replays at its next graph step, :meth:`resume`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from common.config import RunConfig
 from common.graph import Graph
 from common.protocol import UnshareAnswer
+from server_app.fru import rollback_and_replay
 from server_app.state import ServerState
 from server_app.unlearning import (UnlearningTask, isolated_nodes, snapshot_before, snapshot_view,
                                    start_task, unlearning_loss)
@@ -42,6 +45,7 @@ class UnlearningMethod(Protocol):
     def loss_term(self, state: ServerState) -> LossTerm | None: ...
     def advance(self, state: ServerState) -> None: ...
     def settle(self, state: ServerState) -> None: ...
+    def resume(self, state: ServerState) -> None: ...
 
 
 class Naive:
@@ -52,6 +56,9 @@ class Naive:
 
     def settle(self, state) -> None:
         """After the erasure was saved and answered: work that may take long (none here)."""
+
+    def resume(self, state) -> None:
+        """Before a graph step: work a restart left owed after the erasure (none here)."""
 
     def loss_term(self, state) -> LossTerm | None:
         return None
@@ -86,6 +93,37 @@ class Receraser(Naive):
             state.train_graph()
             state.refresh_views()
         state.save()
+
+
+class Fru(Naive):
+    """FRU (Yuan et al., WSDM 2023) on the server graph model (docs/design.md "FRU in
+    FedShare"): the erasure's save records the replay owed (from the round the earliest pair
+    entered); :meth:`settle` rolls back and replays the later rounds with calibration. A log
+    that cannot roll back that far (the run switched to ``fru`` later) retrains instead."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def start(self, state, old_graph, pairs, entered) -> None:
+        updates = state.updates
+        if updates is None or entered <= updates.origin or updates.origin not in state.snapshots:
+            log.warning("fru: the update log does not reach back to round %d; retraining from "
+                        "scratch instead", entered)
+            Retrain().start(state, old_graph, pairs, entered)
+            return
+        updates.owe_replay(entered)
+
+    def settle(self, state) -> None:
+        if state.updates is None or state.updates.replay_from is None:
+            return
+        rounds = rollback_and_replay(state, self.cfg.fru_calibration)
+        log.info("fru: rolled back and replayed rounds %s", rounds)
+        if state.graph is not None:
+            state.refresh_views()
+        state.save()
+
+    def resume(self, state) -> None:
+        self.settle(state)
 
 
 class Contrastive:
@@ -139,6 +177,9 @@ class Contrastive:
     def settle(self, state) -> None:
         """The task runs in the next rounds' graph steps."""
 
+    def resume(self, state) -> None:
+        pass
+
 
 def _without(task: UnlearningTask, nodes: torch.Tensor) -> UnlearningTask:
     """``task`` without the anchors in ``nodes``."""
@@ -165,7 +206,7 @@ def _merged(previous: UnlearningTask, task: UnlearningTask, state: ServerState,
 
 METHODS: dict[str, Callable[[RunConfig], UnlearningMethod]] = {
     "naive": lambda cfg: Naive(), "retrain": lambda cfg: Retrain(), "contrastive": Contrastive,
-    "receraser": lambda cfg: Receraser()}
+    "receraser": lambda cfg: Receraser(), "fru": Fru}
 
 
 class Withdrawal:
@@ -259,3 +300,7 @@ class Withdrawal:
 
     def advance(self) -> None:
         self.method.advance(self.state)
+
+    def resume(self) -> None:
+        """Finish what a restart left owed (e.g. FRU's replay) before the graph step."""
+        self.method.resume(self.state)

@@ -1,8 +1,7 @@
 import torch
 
 from common.graph import build_graph
-from server_app.records import PhaseStats, RoundRecord
-from server_app.unlearning import (affected_nodes, fru_storage_bytes, snapshot_before,
+from server_app.unlearning import (affected_nodes, snapshot_before,
                                    unlearning_storage_bytes, withdrawn_fraction)
 
 
@@ -39,6 +38,4 @@ def test_snapshot_before_picks_last_one_before_entry():
 def test_storage_accounting():
     snaps = {0: {"user": torch.zeros(3, 4), "item": torch.zeros(5, 4)}}
     assert unlearning_storage_bytes(snaps, num_edges=10) == (3 + 5) * 4 * 4 + 10 * 8
-    rounds = [RoundRecord(1, phases={"train": PhaseStats(rows_up=7)}),
-              RoundRecord(2, phases={"train": PhaseStats(rows_up=3)}), RoundRecord(3, skipped=True)]
-    assert fru_storage_bytes(rounds, dim=4) == 10 * (4 * 4 + 8)
+
