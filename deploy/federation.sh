@@ -6,7 +6,8 @@
 # starts deploy/fleet_gateway.py there: it forwards only the Fleet API (see docs/deployment.md).
 #
 #   deploy/federation.sh [options] start          start SuperLink + SuperExecs + N SuperNodes
-#   deploy/federation.sh [options] run [OVERRIDES] `flwr run . <conn> --stream` against it
+#   deploy/federation.sh [options] run [OVERRIDES] `flwr run . <conn> --stream` against it, with
+#                                 data-fingerprint computed from the local data unless given
 #   deploy/federation.sh [options] stop           stop every process it started, by PID
 #   deploy/federation.sh [options] start-node I   start SuperNode I (and its SuperExec) again
 #                                 after it died or was killed (same port, key and node config)
@@ -632,6 +633,14 @@ do_run() {
   overrides+="${ARGS[*]}"
   log="$LOG_DIR/run-$(date -u +%Y%m%dT%H%M%S).log"
   [ -f "$APP_DIR/pyproject.toml" ] || die "--app $APP_DIR: no pyproject.toml there"
+  # The data fingerprint every node must report, computed here from the operator's copy of the
+  # data: left empty, the first node to share would fix it (a hostile one, a forged one).
+  if ! [[ "$user" =~ [[:space:]]data-fingerprint[[:space:]]*= ]]; then
+    local fp
+    fp=$(cd "$ROOT" && python -m fedshare.fingerprint --app "$APP_DIR" "$overrides") \
+      || die "cannot compute the run's data fingerprint (above); set data-fingerprint=\"...\" to give it"
+    overrides+=" data-fingerprint=\"$fp\""
+  fi
   echo "flwr run $APP_DIR $CONN --stream --run-config '$overrides'   (log: $log)"
   set +e
   flwr run "$APP_DIR" "$CONN" --stream --run-config "$overrides" 2>&1 | tee "$log"

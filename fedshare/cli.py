@@ -9,6 +9,7 @@ Each subcommand is the project's existing tool, run with its own arguments and i
     fedshare audit ...               server_app/audit.py       traces of withdrawn pairs
     fedshare centralized ...         common/centralized.py     the centralized reference
     fedshare report ...              bench/report.py           benchmark tables and plots
+    fedshare fingerprint ...         fedshare/fingerprint.py   a run's data fingerprint
     fedshare download ...            common/download.py        MovieLens archives
 
 The shell scripts replace this process (``exec``), so their output, signals and exit codes
@@ -67,6 +68,12 @@ def _download(name: str, argv: list[str]) -> int:
     return download.main(argv, prog=f"{PROG} {name}")
 
 
+def _fingerprint(name: str, argv: list[str]) -> int:
+    from fedshare import fingerprint
+
+    return fingerprint.main(argv, prog=f"{PROG} {name}")
+
+
 def _report(name: str, argv: list[str]) -> int:
     try:
         from bench import report
@@ -109,6 +116,8 @@ COMMANDS = {
                      _audit),
     "centralized": Command("train the centralized reference (upper bound)", _centralized),
     "report": Command("benchmark JSON -> markdown tables and plots", _report),
+    "fingerprint": Command("the data fingerprint a run's nodes must report (set it in deployments)",
+                           _fingerprint),
     "download": Command("fetch a MovieLens archive into the data root (md5-checked)", _download),
 }
 

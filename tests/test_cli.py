@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from client_app.ledger import DONE, PENDING, read_ledger
-from common.datasets import default_data_root
+from common.datasets import default_data_root, load_dataset
 from fedshare.cli import COMMANDS, ROOT, main
 from harness.inprocess import run_inprocess
 
@@ -161,3 +161,11 @@ def test_users_and_the_operator_on_a_real_run(tmp_path, capsys, caplog):
     code, _, err = _cli(capsys, "unshare", "--state-dir", str(node_dir), "--user", "59999",
                         "--all")
     assert code == 2 and "user 59999 is not hosted on this node" in err, err
+
+
+@needs_ml100k
+def test_fingerprint_is_the_datasets_and_bad_overrides_exit_2(capsys):
+    assert main(["fingerprint", "max-users=150"]) == 0
+    assert capsys.readouterr().out.strip() == load_dataset("ml-100k", max_users=150).fingerprint
+    assert main(["fingerprint", 'dataset="nope"']) == 2
+    assert "dataset" in capsys.readouterr().err

@@ -162,6 +162,8 @@ def test_tls_federation_two_rounds_beats_random(federation):
     final = result["final"]
     assert final["num-users"] == len(np.unique(ds.test[:, 0]))
     assert final["recall@20"] > 3 * random_ranker_recall(ds, 20), final
+    # `run` computed the data fingerprint from the operator's data: no node could fix another
+    assert result["manifest"]["config"]["data-fingerprint"] == ds.fingerprint
     # each SuperNode's node config `state-dir` holds its sharing ledger
     for i in range(3):
         assert list((fed.run_dir / "state" / f"node-{i}").rglob("ledger.json")), i
