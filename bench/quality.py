@@ -43,7 +43,7 @@ from common.centralized import train_centralized  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from harness.inprocess import run_inprocess  # noqa: E402
-from server_app.strategy import evaluated_subset  # noqa: E402
+from server_app.exchange import evaluated_subset  # noqa: E402
 
 COLUMNS = ["method", "sharing_ratio", "setting", "recall@20", "ndcg@20", "recall@10", "ndcg@10",
            "best_round", "rounds_run", "seconds", "config"]

@@ -52,7 +52,7 @@ from harness.hostile import HostileGrid  # noqa: E402
 from harness.inprocess import InProcessGrid  # noqa: E402
 from harness.session import Session, new_session, restart  # noqa: E402
 from server_app.state import ServerState  # noqa: E402
-from server_app.strategy import selection  # noqa: E402
+from server_app.exchange import selection  # noqa: E402
 
 PHASE_OF = {"train": "train", "evaluate": "evaluate", "query.share": "share",
             "query.unshare": "unshare"}

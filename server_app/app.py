@@ -17,7 +17,8 @@ from common.manifest import run_manifest
 from common.progress import format_seconds, median_of_last
 from server_app.records import RoundRecord
 from server_app.state import ServerState
-from server_app.strategy import FedShareStrategy, Tap, selection
+from server_app.exchange import selection
+from server_app.strategy import FedShareStrategy, Tap
 
 log = logging.getLogger("flwr.fedshare")
 app = ServerApp()

@@ -16,19 +16,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable
 
 import numpy as np
 from flwr.app import Message
 
 from common.config import RunConfig
 from common.metrics import SPLITS, finalize
-from common.selection import DEFAULT_METRIC, Selection
+from common.selection import DEFAULT_METRIC
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, content_bytes)
 from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
-from server_app.state import CatalogMismatch, ServerState
+from server_app.exchange import (at_most, evaluated_subset, excerpt, guarded, pull_all,
+                                 selection, share_of)
+from server_app.state import ServerState
 from server_app.validation import (MAX_CATALOG, ReplyError, TrainBounds, check_evaluate, check_share,
                                    check_train, check_unshare, decode, decode_withdrawals)
 from server_app.withdrawal import Withdrawal
@@ -36,7 +38,6 @@ from server_app.withdrawal import Withdrawal
 log = logging.getLogger("flwr.fedshare")
 Tap = Callable[[str, Message], None]
 Replies = list[tuple[int, Message]]
-T = TypeVar("T")
 
 
 class FedShareStrategy:
@@ -107,14 +108,14 @@ class FedShareStrategy:
         ids = list(grid.push_messages(messages))
         dst = {msg_id: msg.metadata.dst_node_id for msg_id, msg in zip(ids, messages)}
         order = {msg_id: index for index, msg_id in enumerate(ids)}
-        replies = sorted(_pull_all(grid, ids, self.cfg.round_timeout, self.cfg.poll_interval),
+        replies = sorted(pull_all(grid, ids, self.cfg.round_timeout, self.cfg.poll_interval),
                          key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
         good = []
         for reply in replies:
             node = dst.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
                 stats.rejected.append(f"node {node}: error {reply.error.code}: "
-                                      f"{_excerpt(reply.error.reason)}")
+                                      f"{excerpt(reply.error.reason)}")
                 stats.lost.append(node)
                 continue
             stats.bytes_up += content_bytes(reply.content)
@@ -141,7 +142,7 @@ class FedShareStrategy:
             rider = decode_withdrawals(reply.content)
             if rider is not None:
                 requests = check_unshare(rider, users, items)
-                stats.rejected += _at_most(self.withdrawal.receive(node, requests), node)
+                stats.rejected += at_most(self.withdrawal.receive(node, requests), node)
             return True
 
         usable = [(node, reply) for node, reply in replies
@@ -286,7 +287,7 @@ class FedShareStrategy:
         """``fraction-train`` of the nodes, seeded. Indices are drawn, not ids: Flower's node
         ids are 64-bit and numpy would turn a mix of them into floats."""
         nodes = sorted(node_ids)
-        count = _share_of(self.cfg.fraction_train, len(nodes))
+        count = share_of(self.cfg.fraction_train, len(nodes))
         if count >= len(nodes):
             return nodes
         picked = self.rng.choice(len(nodes), size=count, replace=False)
@@ -369,75 +370,3 @@ class FedShareStrategy:
             if on_round is not None:
                 on_round(record)
         return records
-
-
-def selection(history: list[RoundRecord], patience: int = 0) -> Selection:
-    """Model selection over a run's rounds: the best validation NDCG@20 and the test metrics
-    of that round (rounds without a validation split are not considered)."""
-    chosen = Selection(DEFAULT_METRIC, patience)
-    for record in history:
-        if record.valid_metrics.get("num-users", 0) > 0:
-            chosen = chosen.observe(record.round, record.valid_metrics, record.metrics)
-    return chosen
-
-
-def guarded(stats: PhaseStats, node: int, what: str, handle: Callable[[], T]) -> T | None:
-    """``handle()`` for one node's reply, or None when it fails: any failure rejects that
-    reply (recorded in ``stats`` with the node and the reason) and never the round or the
-    server. Expected failures (a bad reply) give their message; anything else is also logged
-    with its traceback, since it is a gap in validation."""
-    try:
-        return handle()
-    except (ReplyError, CatalogMismatch) as exc:
-        stats.rejected.append(f"node {node}: {what} rejected: {_excerpt(str(exc))}")
-    except Exception as exc:  # noqa: BLE001 - one reply must not take the server down
-        log.exception("node %s: %s reply raised", node, what)
-        stats.rejected.append(f"node {node}: {what} rejected: unexpected "
-                              f"{type(exc).__name__}: {_excerpt(str(exc))}")
-    return None
-
-
-def _at_most(messages: list[str], node: int, most: int = 10) -> list[str]:
-    """The first ``most`` of one node's refusals and a count of the rest (a reply with 10^5
-    refused requests must not put 10^5 lines into the round record and the checkpoint)."""
-    if len(messages) <= most:
-        return messages
-    return messages[:most] + [f"node {node}: and {len(messages) - most} more requests "
-                              "refused or deferred"]
-
-
-def evaluated_subset(node_ids: Iterable[int], fraction: float, seed: int) -> list[int]:
-    """The ``fraction`` of ``node_ids`` a run evaluates (all when 1): a permutation seeded by
-    the run's seed, so the same nodes at every evaluation (and, in the cross-user setting, the
-    same users a benchmark evaluates a centralized model on)."""
-    nodes = sorted(node_ids)
-    count = _share_of(fraction, len(nodes))
-    if count >= len(nodes):
-        return nodes
-    order = np.random.default_rng([seed, 1]).permutation(len(nodes))
-    return sorted(nodes[int(i)] for i in order[:count])
-
-
-def _share_of(fraction: float, count: int) -> int:
-    """How many of ``count`` nodes a ``fraction`` means (at least one)."""
-    return max(1, int(round(fraction * count)))
-
-
-def _excerpt(reason: str, most: int = 300) -> str:
-    """The last non-empty line of a node's error (a traceback ends with the message), short."""
-    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return text if len(text) <= most else text[:most] + "..."
-
-
-def _pull_all(grid, message_ids: list[str], timeout: float, poll: float) -> list[Message]:
-    """Poll for replies until all arrived or ``timeout`` passed (partial list then)."""
-    pending, replies = set(message_ids), []
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
-            replies.append(reply)
-            pending.discard(reply.metadata.reply_to_message_id)
-        if pending:
-            time.sleep(poll)
-    return replies

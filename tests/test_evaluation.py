@@ -10,7 +10,7 @@ from common.config import load_config
 from common.datasets import default_data_root, partition_users
 from common.metrics import SPLITS, evaluate_split, finalize
 from harness.session import clone, new_session
-from server_app.strategy import selection
+from server_app.exchange import selection
 
 pytestmark = pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(),
                                 reason="ML-100K not available")

@@ -139,7 +139,7 @@ def test_evaluate_reply_checks():
 
 def test_any_failure_handling_a_reply_rejects_only_that_reply():
     from server_app.records import PhaseStats
-    from server_app.strategy import guarded
+    from server_app.exchange import guarded
     stats = PhaseStats()
     assert guarded(stats, 7, "train", lambda: {}["missing"]) is None
     assert guarded(stats, 8, "train", lambda: (_ for _ in ()).throw(ReplyError("bad"))) is None
