@@ -96,6 +96,16 @@ def message_breakdown(result: dict) -> dict:
             "way_back_per_round": (phases - spans) / len(rounds)}
 
 
+def per_round(result: dict) -> dict:
+    """Mean seconds of rounds 2.. (round 1 also shares), total and per phase."""
+    rounds = [r for r in result["rounds"] if r["round"] > 1]
+    phases = sorted({p for r in rounds for p in r["phases"]})
+    return {"round_seconds": sum(r["seconds"] for r in rounds) / len(rounds),
+            "first_round_seconds": result["rounds"][0]["seconds"],
+            **{f"{p}_seconds": sum(r["phases"].get(p, {}).get("seconds", 0.0) for r in rounds)
+               / len(rounds) for p in phases}}
+
+
 def clientapp_import_seconds() -> float:
     """``python -X importtime -c 'import client_app.app'``: cumulative microseconds -> s."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client_app.app"],
