@@ -44,6 +44,9 @@ def mask_unseen(users: torch.Tensor, items: torch.Tensor,
             items * (degree[graph.num_users:] > 0).unsqueeze(1))
 
 
+INIT_SCALE = 0.1   # layer-0 rows start as INIT_SCALE * N(0, 1)
+
+
 @dataclass(frozen=True)
 class ServerHyper:
     epochs: float
@@ -61,9 +64,9 @@ class ServerGraphModel:
     def __init__(self, num_users: int, num_items: int, dim: int, hp: ServerHyper, seed: int):
         self.hp = hp
         self.generator = torch.Generator().manual_seed(seed)
-        self.user_weight = (0.1 * torch.randn(num_users, dim, generator=self.generator)) \
+        self.user_weight = (INIT_SCALE * torch.randn(num_users, dim, generator=self.generator)) \
             .requires_grad_(True)
-        self.item_weight = (0.1 * torch.randn(num_items, dim, generator=self.generator)) \
+        self.item_weight = (INIT_SCALE * torch.randn(num_items, dim, generator=self.generator)) \
             .requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.user_weight, self.item_weight], lr=hp.lr)
         # per row: the round since which its Adam moments accumulate (0 = since creation)
@@ -135,12 +138,13 @@ class ServerGraphModel:
                 return self.user_weight.detach().clone(), self.item_weight.detach().clone()
             return lightgcn_propagate(self.user_weight, self.item_weight, graph, self.hp.num_layers)
 
-    def restore_rows(self, users: torch.Tensor, items: torch.Tensor,
-                     snapshot: dict[str, torch.Tensor]) -> None:
-        """Set the given layer-0 rows to their values in ``snapshot`` (``{"user", "item"}``)."""
+    def reinitialize_rows(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Fresh draws from the initial distribution for the given layer-0 rows (rows left
+        without any edge: :func:`server_app.unlearning.isolated_nodes`)."""
         with torch.no_grad():
-            self.user_weight[users] = snapshot["user"][users]
-            self.item_weight[items] = snapshot["item"][items]
+            for weight, rows in ((self.user_weight, users), (self.item_weight, items)):
+                weight[rows] = INIT_SCALE * torch.randn(len(rows), weight.shape[1],
+                                                        generator=self.generator)
 
     def reset_moments(self, users: torch.Tensor, items: torch.Tensor, rnd: int) -> None:
         """Zero the Adam moment estimates of the given rows (they carried gradients of

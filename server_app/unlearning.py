@@ -98,9 +98,11 @@ def start_task(tables: dict[str, torch.Tensor], snapshots, old_graph: Graph, new
 
 def isolated_nodes(old_graph: Graph, new_graph: Graph | None) -> torch.Tensor:
     """Ids (users, then items offset by U) of nodes whose every old edge was withdrawn. Such a
-    row has no evidence left, and before its first withdrawn edge entered it had none either
-    (a row is trained only through its own edges), so the clean snapshot's row *is* what a
-    retrain leaves it: contrastive unlearning restores it exactly instead of pulling it there."""
+    row has no evidence left: contrastive unlearning re-initialises it at once (a fresh draw
+    from the initial distribution) instead of pulling it back to its snapshot. The snapshot's
+    row would be the exact pre-sharing value, but the items it trained with moved along it
+    while it was near that value, so they would still score it up; a fresh row is what a
+    retrain's row is to the remaining model: a vector nothing was trained with."""
     return torch.nonzero(withdrawn_fraction(old_graph, new_graph) >= 1.0).flatten()
 
 

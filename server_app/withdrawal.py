@@ -32,8 +32,8 @@ from common.graph import Graph
 from common.protocol import UnshareAnswer
 from server_app.fru import rollback_and_replay
 from server_app.state import ServerState
-from server_app.unlearning import (UnlearningTask, isolated_nodes, snapshot_before, snapshot_view,
-                                   start_task, unlearning_loss)
+from server_app.unlearning import (UnlearningTask, isolated_nodes, snapshot_view, start_task,
+                                   unlearning_loss)
 
 log = logging.getLogger("flwr.fedshare")
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,13 +136,13 @@ class Contrastive:
         cfg = self.cfg
         if cfg.unlearn_rounds == 0:
             return
-        isolated = self._restore_isolated(state, old_graph, entered)
+        isolated = self._reinitialize_isolated(state, old_graph)
         task = start_task(state.model.tables(), state.snapshots, old_graph, state.graph, pairs,
                           entered, cfg.num_layers, cfg.unlearn_hops, cfg.unlearn_rounds)
         if state.unlearning is not None:
             task = _merged(state.unlearning, task, state, cfg.num_layers)
         task = _without(task, isolated)
-        if not len(task.nodes):       # every affected row was restored exactly
+        if not len(task.nodes):       # every affected row started afresh
             state.set_unlearning(None)
             return
         state.set_unlearning(task)
@@ -150,14 +150,12 @@ class Contrastive:
                  len(task.nodes), task.snapshot_round, task.rounds_left)
 
     @staticmethod
-    def _restore_isolated(state, old_graph, entered: int) -> torch.Tensor:
-        """Rows left without any edge go back to the clean snapshot's values at once
+    def _reinitialize_isolated(state, old_graph) -> torch.Tensor:
+        """Rows left without any edge start afresh at once
         (:func:`server_app.unlearning.isolated_nodes`); returns their node ids."""
         isolated = isolated_nodes(old_graph, state.graph)
-        _, snapshot = snapshot_before(state.snapshots, entered)
         users = old_graph.num_users
-        state.model.restore_rows(isolated[isolated < users], isolated[isolated >= users] - users,
-                                 snapshot)
+        state.model.reinitialize_rows(isolated[isolated < users], isolated[isolated >= users] - users)
         return isolated
 
     def loss_term(self, state) -> LossTerm | None:

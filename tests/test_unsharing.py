@@ -171,18 +171,23 @@ def test_contrastive_moves_withdrawn_ranks_closer_to_retrain_than_naive(tmp_path
     assert gap["contrastive"] < gap["naive"], ranks
 
 
-def test_a_user_who_withdraws_everything_gets_the_clean_snapshot_row_back(tmp_path):
-    """Contrastive unlearning: a user (or item) left with no shared edge has no evidence to keep,
-    so its server row is restored to the snapshot taken before its data entered (what a retrain
-    leaves untouched) at once, and stays there: nothing trains an isolated row."""
+def test_a_user_who_withdraws_everything_gets_a_fresh_row_that_nothing_trains(tmp_path):
+    """Contrastive unlearning: a user left with no shared edge has no evidence to keep, so its
+    server row is re-initialised at once (not pulled back over rounds: the items trained with
+    it would still score its old row up) and stays as drawn, since nothing trains an isolated
+    row; a user who keeps edges is not re-initialised."""
     session = _session(tmp_path, **{"unlearning-method": "contrastive", "snapshot-rounds": "0"})
-    node_dir = session.node_dirs()[0]
-    user = max(read_ledger(node_dir).counts(), key=read_ledger(node_dir).counts().get)
-    clean = session.state.snapshots[0]["user"][user].clone()
-    assert not torch.equal(session.state.model.user_weight[user].detach(), clean)
-    withdrawn = withdraw_pairs(session, read_ledger(node_dir).shared_pairs()[
-        read_ledger(node_dir).shared_pairs()[:, 0] == user])
-    assert len(withdrawn)
-    session.run_rounds(3)
-    assert not session.state.edges.count_by_user(np.array([user]))[0]
-    torch.testing.assert_close(session.state.model.user_weight[user].detach(), clean, rtol=0, atol=0)
+    ledger = read_ledger(session.node_dirs()[0])
+    leaving, staying = sorted(ledger.counts(), key=ledger.counts().get)[-2:]
+    shared = ledger.shared_pairs()
+    trained = session.state.model.user_weight.detach().clone()
+    withdraw_pairs(session, np.concatenate([shared[shared[:, 0] == leaving],
+                                            shared[shared[:, 0] == staying][:1]]))
+    session.run_rounds(1)
+    fresh = session.state.model.user_weight[leaving].detach().clone()
+    assert not session.state.edges.count_by_user(np.array([leaving]))[0]
+    assert torch.norm(fresh - trained[leaving]) > 0.5 * torch.norm(trained[leaving])
+    assert torch.norm(fresh - session.state.snapshots[0]["user"][leaving]) > 0.1
+    session.run_rounds(2)
+    torch.testing.assert_close(session.state.model.user_weight[leaving].detach(), fresh, rtol=0, atol=0)
+    assert session.state.edges.count_by_user(np.array([staying]))[0]
