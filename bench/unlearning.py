@@ -235,6 +235,8 @@ def main() -> None:
                        "torch-threads": args.threads, "state-dir": str(scratch / "unused"),
                        "out-dir": str(scratch / "out"), **extra})
     ds = load_dataset(cfg.dataset, max_users=cfg.max_users or None)
+    # taken before any work: the git revision is the code that runs, even if the tree changes
+    manifest = run_manifest({**cfg.as_dict(), "bench": vars(args)}, args.seed, ds.fingerprint)
     nodes = ds.num_users if args.setting == "cross-user" else args.nodes
     learned = {family: learn(cfg, family, args, nodes, scratch)
                for family in {_family(m) for m in args.methods.split(",")}}
@@ -242,7 +244,6 @@ def main() -> None:
     for name in args.forget:
         rows += forget_set_rows(name, learned, cfg, args, ds, scratch)
         write_json(args.out, rows)
-    manifest = run_manifest({**cfg.as_dict(), "bench": vars(args)}, args.seed, ds.fingerprint)
     for row in rows:
         row["manifest"] = manifest
     print()
