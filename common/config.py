@@ -116,6 +116,8 @@ class RunConfig(BaseModel):
     fru_alpha: float = Field(0.5, gt=0.0, le=1.0)
     fru_calibration: float = Field(0.1, gt=0.0, le=1.0)
     # upload privacy (issue 11; common/upload_privacy.py): what the server can read off uploads
+    # what a node downloads: the (I, d) item tables' precision on the wire (float16: half)
+    download_precision: Literal["float32", "float16"] = "float32"
     upload_mode: Literal["auto", "rows", "none"] = "auto"
     upload_rows: Literal["touched", "all"] = "touched"
     upload_padding: float = Field(0.0, ge=0.0, le=100.0)

@@ -62,15 +62,19 @@ def _record(content: RecordDict, name: str, kind: type):
     return records[name]
 
 
+TABLE = "float32|float16"   # an item table: sent in either precision, always decoded as float32
+
+
 def _array(record: ArrayRecord, key: str, dtype: str, ndim: int) -> np.ndarray:
-    """``record[key]`` as numpy after checking dtype and ndim in the header (no decode first)."""
+    """``record[key]`` as numpy after checking dtype and ndim in the header (no decode first).
+    ``dtype`` :data:`TABLE` accepts float32 or float16 and returns float32."""
     if key not in record:
         raise ProtocolError(f"missing array {key!r}")
     array = record[key]
-    if array.dtype != dtype or len(array.shape) != ndim:
+    if array.dtype not in dtype.split("|") or len(array.shape) != ndim:
         raise ProtocolError(f"array {key!r} must be {dtype} with {ndim} dims, "
                             f"got {array.dtype} {tuple(array.shape)}")
-    return array.numpy()
+    return array.numpy().astype(np.float32, copy=False) if dtype == TABLE else array.numpy()
 
 
 def _arrays(content: RecordDict, name: str, spec: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
@@ -191,14 +195,17 @@ class ModelPayload:
     graph_degree: np.ndarray | None = None
     user_base: np.ndarray | None = None
 
-    def shared_records(self) -> dict[str, ArrayRecord]:
+    def shared_records(self, precision: str = "float32") -> dict[str, ArrayRecord]:
         """The records every node of a phase receives alike (item table, graph item views):
-        build them once and pass them to :meth:`to_content` of each node's payload."""
-        shared = {"items": to_record(weight=self.items)}
+        build them once and pass them to :meth:`to_content` of each node's payload. The three
+        ``(I, d)`` tables travel in ``precision`` (float16 halves a node's download; the node
+        computes in float32 either way)."""
+        table = lambda values: np.asarray(values).astype(precision, copy=False)  # noqa: E731
+        shared = {"items": to_record(weight=table(self.items))}
         if self.graph_items is not None:
-            shared["graph"] = to_record(items=self.graph_items)
+            shared["graph"] = to_record(items=table(self.graph_items))
         if self.graph_ego is not None:
-            shared["ego"] = to_record(items=self.graph_ego, degree=_int64(self.graph_degree))
+            shared["ego"] = to_record(items=table(self.graph_ego), degree=_int64(self.graph_degree))
         return shared
 
     def to_content(self, shared: dict[str, ArrayRecord] | None = None) -> RecordDict:
@@ -215,13 +222,13 @@ class ModelPayload:
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "ModelPayload":
-        items = _arrays(content, "items", {"weight": ("float32", 2)})["weight"]
+        items = _arrays(content, "items", {"weight": (TABLE, 2)})["weight"]
         graph = users = negatives = None
         ego = {"items": None, "degree": None}
         if "graph" in content.array_records:
-            graph = _arrays(content, "graph", {"items": ("float32", 2)})["items"]
+            graph = _arrays(content, "graph", {"items": (TABLE, 2)})["items"]
         if "ego" in content.array_records:
-            ego = _arrays(content, "ego", {"items": ("float32", 2), "degree": ("int64", 1)})
+            ego = _arrays(content, "ego", {"items": (TABLE, 2), "degree": ("int64", 1)})
             if not (ego["items"].shape == items.shape and ego["degree"].shape == items.shape[:1]):
                 raise ProtocolError("ego tables do not match the item table")
         if "users" in content.array_records:

@@ -73,7 +73,7 @@ class FedShareStrategy:
         """One model message per node (those in ``evaluate`` asked to evaluate the model first);
         the item tables are serialised once for all of them."""
         payloads = [self._model_payload(n, rnd, negatives, n in evaluate) for n in nodes]
-        shared = payloads[0].shared_records() if payloads else None
+        shared = payloads[0].shared_records(self.cfg.download_precision) if payloads else None
         return [self._message(n, kind, p.to_content(shared), rnd) for n, p in zip(nodes, payloads)]
 
     def _model_payload(self, node: int, rnd: int, negatives: bool,

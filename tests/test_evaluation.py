@@ -118,3 +118,15 @@ def test_folded_evaluation_still_sends_evaluate_messages_to_nodes_that_do_not_tr
     assert record.phases["evaluate"].sent == 3 and record.phases["evaluate"].ok == 6
     ds = cfg.load_data()
     assert record.metrics["num-users"] == len(np.unique(ds.test[:, 0]))
+
+
+def test_float16_downloads_halve_the_bytes_and_barely_move_the_metrics(tmp_path):
+    runs = {}
+    for precision in ("float32", "float16"):
+        cfg = _cfg(tmp_path / precision, **{"download-precision": precision, "num-rounds": 3,
+                                            "eval-every": 3})
+        session = new_session(cfg, 4, tmp_path / precision / "fed")
+        runs[precision] = session.run_rounds(3)[-1]
+    wide, narrow = runs["float32"], runs["float16"]
+    assert narrow.phases["train"].bytes_down < 0.6 * wide.phases["train"].bytes_down
+    assert abs(narrow.metrics["ndcg@20"] - wide.metrics["ndcg@20"]) < 0.01

@@ -148,3 +148,22 @@ def test_a_train_reply_carries_the_evaluation_records_only_when_it_evaluated():
     del content["valid"]                  # half an evaluation is a protocol error
     with pytest.raises(ProtocolError, match="valid"):
         TrainReply.from_content(content)
+
+
+def test_item_tables_sent_in_float16_decode_as_float32_and_are_half_the_bytes():
+    table = lambda: RNG.random((500, 16), np.float32)  # noqa: E731
+    payload = replace(EGO, items=table(), graph_items=table(), graph_ego=table(),
+                      graph_degree=RNG.integers(0, 9, 500))
+    wide, narrow = payload.to_content(payload.shared_records()), \
+        payload.to_content(payload.shared_records("float16"))
+    assert narrow["items"]["weight"].dtype == "float16"
+    decoded = ModelPayload.from_content(narrow)
+    assert decoded.items.dtype == np.float32 and decoded.graph_ego.dtype == np.float32
+    np.testing.assert_allclose(decoded.items, payload.items, rtol=1e-3)
+    np.testing.assert_allclose(decoded.graph_items, payload.graph_items, rtol=1e-3)
+    table_bytes = lambda c: sum(c[n].count_bytes() for n in ("items", "graph", "ego"))  # noqa: E731
+    assert table_bytes(narrow) < 0.6 * table_bytes(wide)
+    content = payload.to_content()
+    content["items"] = to_record(weight=payload.items.astype(np.float64))   # other dtypes: refused
+    with pytest.raises(ProtocolError, match="float32|float16"):
+        ModelPayload.from_content(content)
