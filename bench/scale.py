@@ -9,6 +9,10 @@ Two series, each run in its own process so its peak memory is its own:
   sharing ratio 0.5;
 * ``edges``: all users of the largest size at sharing ratios 0.25 / 0.5 / 1.0 (shared edges
   grow at a fixed catalog);
+* ``server``: the server's graph step alone on the full dataset's shared edges at each sharing
+  ratio (``--ratios``): one epoch of the server LightGCN as the strategy runs it, its seconds,
+  the state bytes and the peak RSS. In the federated series the shared edges are only those of
+  the few rounds' sampled clients; here they are what a long run accumulates;
 * ``items``: whole other datasets (``--item-datasets``, e.g. ML-1M 3.7k items, Amazon-Beauty
   12k) beside the main one (Gowalla 41k): ``max-users`` keeps the catalog, so only other data
   changes the number of items.
@@ -98,6 +102,35 @@ def child(config: dict, rounds: int) -> dict:
             "seconds": time.perf_counter() - started}
 
 
+def server_child(config: dict) -> dict:
+    """One server graph step (the strategy's: ``ServerState.train_graph``) on every shared edge
+    of the dataset at the config's sharing ratio."""
+    import tempfile
+
+    from common.config import load_config
+    from common.sharing import shared_pairs
+    from server_app.records import Catalog
+    from server_app.state import ServerState
+
+    tmp = Path(tempfile.mkdtemp(prefix="fedshare-scale-"))
+    cfg = load_config({**config, "state-dir": str(tmp / "state"), "out-dir": str(tmp / "out")})
+    ds = cfg.load_data()
+    pairs = shared_pairs(ds.train, cfg.sharing_ratio, cfg.sharing_distribution, cfg.seed)
+    state = ServerState(cfg, tmp / "server")
+    state.check_catalog(Catalog(ds.num_users, ds.num_items, ds.fingerprint))
+    state.add_edges(pairs, 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.perf_counter()
+    state.train_graph()
+    seconds = time.perf_counter() - started
+    state.refresh_views()
+    return {"dataset": cfg.dataset, "users": ds.num_users, "items": ds.num_items,
+            "shared_edges": len(state.edges), "graph_seconds": seconds,
+            "server_state_bytes": server_state_bytes(state),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "rss_before_graph_step_bytes": before}
+
+
 def run_child(config: dict, rounds: int) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(config),
                            "--rounds", str(rounds), "--out", "-"], cwd=ROOT, capture_output=True,
@@ -118,20 +151,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=200, help="clients sampled per round")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--series", nargs="+", default=["users", "edges", "items", "server"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child), args.rounds)))
+        config = json.loads(args.child)
+        measured = server_child(config) if config.pop("server-only", False) else \
+            child(config, args.rounds)
+        print(json.dumps(measured))
         return
     base = {"dataset": args.dataset, "eval-every": 0, "num-rounds": args.rounds,
             "torch-threads": args.threads, "server-epochs": 1}
     plan = [("users", {"max-users": n, "sharing-ratio": 0.5}) for n in args.sizes] + \
         [("edges", {"max-users": args.sizes[-1], "sharing-ratio": r}) for r in args.ratios
          if r != 0.5] + \
-        [("items", {"dataset": d, "max-users": 0, "sharing-ratio": 0.5}) for d in args.item_datasets]
+        [("items", {"dataset": d, "max-users": 0, "sharing-ratio": 0.5}) for d in args.item_datasets] + \
+        [("server", {"max-users": 0, "sharing-ratio": r, "server-only": True}) for r in args.ratios]
     manifest = run_manifest({**base, "bench": vars(args)}, 0, "")   # before any work
     rows = []
-    for series, overrides in plan:
+    for series, overrides in [(name, o) for name, o in plan if name in args.series]:
         config = {**base, **overrides}
         config["fraction-train"] = _fraction(config["dataset"], overrides["max-users"], args.clients)
         rows.append({"series": series, **overrides, **run_child(config, args.rounds)})
