@@ -123,6 +123,8 @@ def centralized_row(cfg, model: str, args, bar=None) -> dict:
     """Centralized ``model`` tuned over ``--central-grid`` (lr, reg), chosen on validation (of
     the users the federated rows evaluate, :func:`evaluated_users`)."""
     ds, runs = evaluated_users(cfg.load_data(), args, cfg.seed), []
+    manifest = run_manifest({"model": model, "dataset": cfg.dataset, "bench": vars(args)},
+                            cfg.seed, ds.fingerprint)   # before the work: the code that runs
     for point in parse_grid(args.central_grid):
         point = {"lr": args.central_lr, **point}
         result = train_centralized(ds, model, args.central_epochs, lr=point["lr"],
@@ -145,7 +147,7 @@ def centralized_row(cfg, model: str, args, bar=None) -> dict:
                                         "best_round": r["best_epoch"]} for p, r in runs],
             "curve": [(e["epoch"], e["valid"]["ndcg@20"], None)
                       for e in result["curve"] if "valid" in e],
-            "manifest": run_manifest({**config, "dataset": cfg.dataset}, cfg.seed, ds.fingerprint)}
+            "manifest": {**manifest, "config": {**config, "dataset": cfg.dataset}}}
 
 
 def plan_rows(args, base: dict, nodes: int) -> list[tuple[str, dict, list[dict]]]:
