@@ -91,6 +91,15 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def tail_logs(run_dir: Path, lines: int = 30) -> str:
+    """The last ``lines`` of every component log under ``run_dir/logs`` (for failure messages)."""
+    text = []
+    for log in sorted((run_dir / "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        text.append(f"==== {log.name}\n" + "\n".join(tail))
+    return "\n".join(text)
+
+
 class Federation:
     """``deploy/federation.sh`` on the run folder ``workdir/run``."""
 
@@ -166,8 +175,4 @@ class Federation:
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else ""
 
     def logs(self, lines: int = 30) -> str:
-        text = []
-        for log in sorted((self.run_dir / "logs").glob("*.log")):
-            tail = log.read_text(errors="replace").splitlines()[-lines:]
-            text.append(f"==== {log.name}\n" + "\n".join(tail))
-        return "\n".join(text)
+        return tail_logs(self.run_dir, lines)

@@ -25,6 +25,7 @@ from client_app.ledger import read_ledger
 from common.datasets import default_data_root, load_dataset
 from harness.federation import _port_free
 from harness.federation import alive as _alive, cmdline as _cmdline, free_ports as _free_ports
+from harness.federation import tail_logs
 from tests.ranking import random_ranker_recall
 from server_app.audit import audit_state_dir
 
@@ -80,11 +81,7 @@ class Federation:
         return proc
 
     def logs(self, lines: int = 30) -> str:
-        text = []
-        for log in sorted((self.run_dir / "logs").glob("*.log")):
-            tail = log.read_text(errors="replace").splitlines()[-lines:]
-            text.append(f"==== {log.name}\n" + "\n".join(tail))
-        return "\n".join(text)
+        return tail_logs(self.run_dir, lines)
 
     def leftovers(self) -> list[str]:
         needles = [str(self.run_dir)] + [f"127.0.0.1:{p}" for p in self.ports] + \
