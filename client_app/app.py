@@ -22,17 +22,21 @@ from client_app.ledger import DONE, PENDING, REFUSED, Ledger, ledger_exists, upd
 from client_app.local_training import (GlobalView, LocalHyper, ego_user_views, evaluate_local,
                                       train_local)
 from client_app.node import NodeData, default_state_dir, load_node, node_ledger
+from client_app.secure_upload import masked_upload, secagg_step
 from client_app.timing import timed
 from common.atomic import atomic_write_npz
 from common.config import RunConfig, load_config
 from common.metrics import SPLITS, split_pairs
 from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelPayload, ShareReply,
                              TrainReply, UnshareReply, to_record)
+from common.protocol_secagg import (SecAggInbox, SecAggRequest, secrets_from_record,
+                                    secrets_to_record)
 from common.sharing import scheduled_withdrawals
-from common.upload_privacy import prepare_upload, pseudo_pairs
+from common.upload_privacy import coarse_count, prepare_upload, pseudo_pairs
 
 app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
+SECRETS = "secagg"  # context.state key: this round's secure-aggregation secrets (memory only)
 _IMPORTED = [0.0]   # when this module finished importing (set at its end)
 
 
@@ -247,11 +251,51 @@ def train(msg: Message, context: Context) -> Message:
                          pseudo=_pseudo_positives(cfg, node, rng))
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     num_users = int(node.train_local[:, 0].unique().numel())
+    most = cfg.local_epochs * num_users * node.num_items
     index, values, counts, examples = prepare_upload(
         payload.items, update.index, update.values, update.counts, update.num_examples,
-        cfg.local_epochs * num_users * node.num_items, cfg.upload_privacy, rng)
+        most, cfg.upload_privacy, rng)
+    masked = None
+    if cfg.secure_aggregation:   # the rows go up masked; only their round's sum is readable
+        masked = _masked(context, msg, payload, update, 2 * cfg.local_epochs * num_users)
+        index, values, counts = index[:0], values[:0], counts[:0]
+        examples = coarse_count(update.num_examples, most) \
+            if cfg.upload_privacy.counts == "coarse" else update.num_examples
     reply = TrainReply(index, values, counts, update.loss, examples, pending,
-                       _withdrawals(ledger), num_users=num_users, evaluation=evaluation)
+                       _withdrawals(ledger), num_users=num_users, evaluation=evaluation,
+                       masked=masked)
+    return Message(reply.to_content(), reply_to=msg)
+
+
+def _secrets(context: Context):
+    held = context.state.config_records.get(SECRETS)
+    return None if held is None else secrets_from_record(held)
+
+
+def _masked(context: Context, msg: Message, payload: ModelPayload, update,
+            most_count: int) -> np.ndarray:
+    """The update as secure aggregation's masked vector (the round's inbox rides on ``msg``);
+    row counts capped as the server caps plain ones (validation.check_train)."""
+    inbox = SecAggInbox.read(msg.content)
+    if inbox is None:
+        raise ValueError("secure-aggregation is on but the train message has no secagg inbox")
+    secrets = _secrets(context)
+    vector = masked_upload(secrets, inbox, payload.items, update.index, update.values,
+                           np.minimum(update.counts, most_count))
+    context.state[SECRETS] = secrets_to_record(secrets)   # the shares it now holds
+    return vector
+
+
+@app.query("secagg")
+@_timed
+def secure_aggregation(msg: Message, context: Context) -> Message:
+    """One stage of secure aggregation (keys, shares, unmask; client_app/secure_upload.py)."""
+    secrets, reply = secagg_step(_secrets(context), int(msg.metadata.dst_node_id),
+                                 SecAggRequest.from_content(msg.content))
+    if secrets is None:
+        context.state.config_records.pop(SECRETS, None)
+    else:
+        context.state[SECRETS] = secrets_to_record(secrets)
     return Message(reply.to_content(), reply_to=msg)
 
 

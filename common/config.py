@@ -125,6 +125,11 @@ class RunConfig(BaseModel):
     dp_epsilon: float = Field(0.0, ge=0.0)
     dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
     dp_clip: float = Field(0.1, gt=0.0)
+    # secure aggregation (common/secagg.py): the server sees only a round's sum of row updates
+    secure_aggregation: bool = False
+    secagg_neighbours: int = Field(16, ge=2, le=1000)
+    secagg_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    secagg_clip: float = Field(10.0, gt=0.0, le=1e6)
     # where things go
     run_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     state_dir: str = ".fedshare-state"
@@ -189,6 +194,15 @@ class RunConfig(BaseModel):
                              "BPR only")
         return self
 
+    @model_validator(mode="after")
+    def _secure_rows(self) -> "RunConfig":
+        """Secure aggregation sums item-row updates: it needs rows to upload, and upload DP
+        (noise per node) is a different defence of the same rows."""
+        if self.secure_aggregation and (self.upload_mode == "none" or self.dp_epsilon > 0):
+            raise ValueError("secure-aggregation needs upload-mode 'auto' or 'rows' and "
+                             f"dp-epsilon 0 (got {self.upload_mode!r}, {self.dp_epsilon})")
+        return self
+
     @property
     def ratio_steps(self) -> tuple[tuple[int, float], ...]:
         """``ratio-schedule`` as ((round, ratio), ...), sorted by round."""
@@ -202,9 +216,10 @@ class RunConfig(BaseModel):
     def upload_privacy(self) -> UploadPrivacy:
         """The upload defences; ``auto`` withholds item rows whenever the run shares (the
         server's graph carries the collaborative signal) and uploads them for the FedAvg
-        baseline (nothing shared: the item table is the only global model)."""
+        baseline (nothing shared: the item table is the only global model) or when they go
+        through secure aggregation."""
         mode = self.upload_mode if self.upload_mode != "auto" else \
-            "none" if self.sharing_enabled else "rows"
+            "none" if self.sharing_enabled and not self.secure_aggregation else "rows"
         return UploadPrivacy(mode, self.upload_rows, self.upload_padding,
                              self.dp_epsilon, self.dp_delta, self.dp_clip, self.upload_counts)
 

@@ -14,6 +14,8 @@ Per round, for each sampled node (docs/design.md has the sequence):
 * ``train``: server sends :class:`ModelPayload` (with negatives); node replies :class:`TrainReply`.
 * ``evaluate``: server sends :class:`ModelPayload`; node replies :class:`EvaluateReply` (metric
   sums of the validation and the test split, so model selection costs no extra message).
+* ``query.secagg``: the stages of secure aggregation around ``train`` when it is on
+  (:mod:`common.protocol_secagg`, which also adds a record to the train message and reply).
 
 Every server message carries the header: round config, the server's shared-edge count per
 user of the node (``ack``) and the answers to earlier unshare requests (``unshare-ack``),
@@ -342,6 +344,7 @@ class TrainReply:
     withdrawals: UnshareReply | None = None
     num_users: int = 1        # users whose interactions trained this round (bounds the counts)
     evaluation: "EvaluateReply | None" = None   # of the received model, when the header asked
+    masked: np.ndarray | None = None   # (I * (d + 1),) uint32 under secure aggregation (no rows)
 
     def to_content(self) -> RecordDict:
         content = RecordDict({
@@ -351,6 +354,8 @@ class TrainReply:
                                      "pending-sharing": int(self.pending_sharing)})})
         if self.evaluation is not None:
             content = self.evaluation.write(content)
+        if self.masked is not None:
+            content["secagg-upload"] = to_record(masked=np.asarray(self.masked, np.uint32))
         return with_withdrawals(content, self.withdrawals)
 
     @classmethod
@@ -363,10 +368,12 @@ class TrainReply:
             raise ProtocolError(f"pending-sharing must be 0 or 1, got {flag}")
         evaluation = EvaluateReply.from_content(content) if any(
             split in content.metric_records for split in SPLITS) else None
+        masked = _arrays(content, "secagg-upload", {"masked": ("uint32", 1)})["masked"] \
+            if "secagg-upload" in content.array_records else None
         return cls(arrays["index"], arrays["values"], arrays["counts"], float(metrics["loss"]),
                    _integer(metrics, "num-examples"), bool(flag), UnshareReply.rider(content),
                    _integer(metrics, "num-users"),
-                   evaluation and EvaluateReply(evaluation.sums))
+                   evaluation and EvaluateReply(evaluation.sums), masked)
 
 
 @dataclass(frozen=True)

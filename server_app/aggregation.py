@@ -41,3 +41,22 @@ def aggregate_rows(table: np.ndarray, updates: list[RowUpdate]) -> np.ndarray:
     if not np.isfinite(result).all():
         raise NonFiniteTable("aggregated item table has non-finite rows")
     return result
+
+
+def apply_sums(table: np.ndarray, weighted: np.ndarray, counts: np.ndarray,
+               max_change: float) -> np.ndarray:
+    """New ``(I, d)`` table from a round's sums under secure aggregation: ``weighted`` (I, d)
+    = sum_n c_{n,i} (v_{n,i} - E_i) and ``counts`` (I,) = sum_n c_{n,i}, so
+    ``E_i + weighted_i / counts_i`` is the per-row average above. The server cannot bound
+    one node's rows, only the average: a row whose average change exceeds ``max_change``
+    (what an honest node can produce) refuses the round's update."""
+    touched = counts > 0
+    change = np.zeros(table.shape, np.float64)
+    change[touched] = weighted[touched] / counts[touched, None]
+    norms = np.linalg.norm(change, axis=1)
+    if not np.isfinite(change).all():
+        raise NonFiniteTable("the round's summed update has non-finite rows")
+    if len(norms) and norms.max() > max_change:
+        raise NonFiniteTable(f"the round's average row change {norms.max():.3g} is beyond the "
+                             f"bound {max_change:.3g}")
+    return (table + change).astype(table.dtype)

@@ -24,7 +24,7 @@ import torch
 from common.config import RunConfig
 from common.graph import Graph, build_graph
 from common.protocol import UnshareAnswer
-from server_app.aggregation import RowUpdate, aggregate_rows
+from server_app.aggregation import RowUpdate, aggregate_rows, apply_sums
 from server_app.edge_store import EdgeStore
 from server_app.graph_model import EgoTables, ServerGraphModel, ServerHyper
 from server_app.nodes import NodeRegistry
@@ -115,6 +115,10 @@ class ServerState:
     def apply_row_updates(self, updates: list[RowUpdate]) -> None:
         if updates:
             self.item_emb = aggregate_rows(self.item_emb, updates)
+
+    def apply_row_sums(self, weighted: np.ndarray, counts: np.ndarray, max_change: float) -> None:
+        """A secure-aggregation round's sums (:func:`apply_sums`)."""
+        self.item_emb = apply_sums(self.item_emb, weighted, counts, max_change)
 
     # ------------------------------------------------------------- edges and graph
     def add_edges(self, pairs: np.ndarray, rnd: int) -> int:

@@ -26,8 +26,11 @@ from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, content_bytes)
+from common.protocol_secagg import SECAGG, SecAggReply
+from common.secagg import SecAggError
 from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
+from server_app.secure_aggregation import SecureRound
 from server_app.exchange import (at_most, evaluated_subset, excerpt, guarded, pull_all,
                                  selection, share_of)
 from server_app.state import ServerState
@@ -53,7 +56,8 @@ class FedShareStrategy:
         privacy = cfg.upload_privacy
         self.train_bounds = TrainBounds(cfg.local_epochs, cfg.local_lr, cfg.batch_size,
                                         cfg.max_row_change, privacy.dp_clip, privacy.noise_sigma,
-                                        rows_allowed=privacy.mode == "rows")
+                                        rows_allowed=privacy.mode == "rows"
+                                        and not cfg.secure_aggregation)
 
     # ---------------------------------------------------------------- messages
     def _header(self, node: int, rnd: int) -> Header:
@@ -213,12 +217,14 @@ class FedShareStrategy:
         return self._model_messages(nodes, TRAIN, rnd, negatives=True, evaluate=evaluate)
 
     def aggregate_train(self, replies: Replies, stats: PhaseStats,
-                        evaluations: list[tuple[int, EvaluateReply]] | None = None) -> float:
-        """Per-row FedAvg of the valid updates; returns the example-weighted loss. Evaluations
-        riding on the replies (``eval-in-train``) are appended to ``evaluations``."""
+                        evaluations: list[tuple[int, EvaluateReply]] | None = None,
+                        secure: SecureRound | None = None) -> float:
+        """Per-row FedAvg of the valid updates (under secure aggregation: the masked vectors
+        are collected for :meth:`finish_secure`); returns the example-weighted loss.
+        Evaluations riding on the replies (``eval-in-train``) go to ``evaluations``."""
         updates, losses, weights = [], [], []
         for node, reply in replies:
-            checked = guarded(stats, node, "train", lambda: self._check_train(node, reply))
+            checked = guarded(stats, node, "train", lambda: self._check_train(node, reply, secure))
             if checked is None:
                 continue
             train, update = checked
@@ -236,18 +242,69 @@ class FedShareStrategy:
             stats.rejected.append(f"round's updates not applied: {exc}")
         return float(np.average(losses, weights=weights)) if sum(weights) else float("nan")
 
-    def _check_train(self, node: int, reply: Message) -> tuple[TrainReply, RowUpdate]:
+    def _check_train(self, node: int, reply: Message,
+                     secure: SecureRound | None = None) -> tuple[TrainReply, RowUpdate]:
         train = decode(TrainReply, reply.content)
         state = self.state
-        return train, check_train(train, state.item_emb, self.train_bounds,
-                                  state.catalog.num_users, len(state.registry.users_of(node)))
+        update = check_train(train, state.item_emb, self.train_bounds, state.catalog.num_users,
+                             len(state.registry.users_of(node)))
+        if secure is not None:
+            num_items, dim = state.item_emb.shape
+            secure.receive_masked(node, train.masked, num_items * (dim + 1), train.num_examples,
+                                  2 * self.cfg.local_epochs * train.num_users)
+        elif train.masked is not None:
+            raise ReplyError("a masked vector although secure aggregation is off")
+        return train, update
 
     def _train_messages(self, nodes: list[int], all_nodes: list[int], rnd: int,
-                        fold: bool) -> list[Message]:
+                        fold: bool, secure: SecureRound | None = None) -> list[Message]:
         """The round's train messages; with ``fold`` (``eval-in-train``) those to nodes that
-        are also evaluated this round ask them to evaluate the received model first."""
+        are also evaluated this round ask them to evaluate the received model first; under
+        secure aggregation each carries the node's inbox of encrypted shares."""
         evaluated = frozenset(self.eval_nodes(all_nodes)) if fold else frozenset()
-        return self.configure_train(nodes, rnd, evaluate=evaluated)
+        messages = self.configure_train(nodes, rnd, evaluate=evaluated)
+        for message in messages if secure is not None else ():
+            secure.train_inbox(message.metadata.dst_node_id).write(message.content)
+        return messages
+
+    # ---------------------------------------------------------------- secure aggregation
+    def start_secure(self, grid, record: RoundRecord, nodes: list[int]) -> SecureRound:
+        """The ``keys`` and ``shares`` stages; the returned round's ``sharers`` train."""
+        cfg = self.cfg
+        secure = SecureRound(record.round, nodes, cfg.secagg_neighbours, cfg.secagg_threshold,
+                             cfg.secagg_clip, int(self.rng.integers(2**31)))
+        self._secagg_phase(grid, record, "secagg-keys", secure.configure_keys(),
+                           secure.aggregate_keys)
+        self._secagg_phase(grid, record, "secagg-shares", secure.configure_shares(),
+                           secure.aggregate_shares)
+        return secure
+
+    def finish_secure(self, grid, record: RoundRecord, secure: SecureRound) -> None:
+        """The ``unmask`` stage, then the round's sum applied as per-row FedAvg (refused, the
+        table kept, when it cannot be unmasked or a row's average change is beyond what
+        honest nodes can produce)."""
+        self._secagg_phase(grid, record, "secagg-unmask", secure.configure_unmask(),
+                           secure.aggregate_unmask)
+        stats, state = record.phase("secagg-unmask"), self.state
+        if secure.total is None:
+            return
+        try:
+            weighted, counts = secure.result(*state.item_emb.shape)
+            limit = max(self.train_bounds.row_change(n, state.item_emb.shape[1])
+                        for n in secure.examples.values())
+            state.apply_row_sums(weighted, counts, limit)
+        except (SecAggError, NonFiniteTable, ReplyError) as exc:
+            stats.rejected.append(f"round's secure sum not applied: {excerpt(str(exc))}")
+
+    def _secagg_phase(self, grid, record: RoundRecord, name: str, requests: dict, receive) -> None:
+        messages = [self._message(n, SECAGG, r.to_content(), record.round)
+                    for n, r in requests.items()]
+
+        def aggregate(replies: Replies, stats: PhaseStats) -> None:
+            for node, reply in replies:
+                stats.ok += guarded(stats, node, name, lambda: receive(
+                    node, decode(SecAggReply, reply.content)) or True) is not None
+        self._phase(grid, record, name, messages, aggregate)
 
     # ---------------------------------------------------------------- evaluate phase
     def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
@@ -327,9 +384,14 @@ class FedShareStrategy:
         record.phases["graph"] = PhaseStats(seconds=graph_seconds, unlearn_seconds=unlearn_seconds)
         self.withdrawal.advance()
         folded = [] if self.cfg.evaluates(rnd) and self.cfg.eval_in_train else None
+        secure = self.start_secure(grid, record, nodes) if self.cfg.secure_aggregation else None
+        messages = self._train_messages(nodes if secure is None else sorted(secure.sharers), all_nodes,
+                                        rnd, folded is not None, secure)
         record.train_loss = self._phase(
-            grid, record, "train", self._train_messages(nodes, all_nodes, rnd, folded is not None),
-            lambda replies, stats: self.aggregate_train(replies, stats, folded))
+            grid, record, "train", messages,
+            lambda replies, stats: self.aggregate_train(replies, stats, folded, secure))
+        if secure is not None:
+            self.finish_secure(grid, record, secure)
         record.nodes_sampled, record.shared_edges = len(nodes), len(state.edges)
         record.graph_changed = state.edges is not edges_before
         record.generation = state.generation

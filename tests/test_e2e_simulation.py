@@ -57,3 +57,26 @@ def test_flwr_run_whose_nodes_cannot_read_data_fails_with_the_reason(tmp_path):
     assert proc.returncode == 1, output[-2000:]
     assert "every round was skipped" in output and "no-data-here" in output
     assert "did not complete (finished:failed)" in output
+
+
+@pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(), reason="no ML-100K")
+def test_flwr_run_with_secure_aggregation_sums_through_flowers_runtime(tmp_path):
+    """The secagg stages keep each node's round secrets in Flower's ``context.state`` between
+    messages (a ClientApp process per message): every stage of both rounds is answered by
+    both sampled nodes and the masked sums are unmasked and applied."""
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
+           "FEDSHARE_STATE_DIR": str(tmp_path / "state"), "FEDSHARE_OUT_DIR": str(tmp_path / "out"),
+           "FEDSHARE_DATA_DIR": str(default_data_root())}
+    overrides = ["num-rounds=2 max-users=60 eval-every=2 fraction-train=0.67",
+                 "sharing-ratio=0 secure-aggregation=true local-epochs=1"]
+    proc = subprocess.run([sys.executable, "-m", "fedshare", "simulate", "--nodes", "3",
+                           *overrides], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "out").glob("fedshare-ml-100k-*.json")).read_text())
+    for record in result["rounds"]:
+        phases = record["phases"]
+        assert [phases[p]["ok"] for p in ("secagg-keys", "secagg-shares", "train",
+                                          "secagg-unmask")] == [2, 2, 2, 2], phases
+        assert not any(phases[p]["rejected"] for p in phases), phases
+        assert phases["train"]["rows_up"] == 0          # no row went up in the clear

@@ -47,14 +47,21 @@ def test_imports_point_down(folder):
 
 
 def test_only_the_protocol_module_of_common_knows_flower():
+    """The protocol (its secure-aggregation messages in their own module) knows Flower's
+    records; common/secagg.py uses Flower's secure-aggregation primitives (Shamir sharing,
+    Fernet, the quantiser) and nothing else of Flower."""
     users = [p.relative_to(ROOT).as_posix() for p in _files("common") if "flwr" in _imports(p)]
-    assert users == ["common/protocol.py"]
+    assert users == ["common/protocol.py", "common/protocol_secagg.py", "common/secagg.py"]
+    secagg_imports = {node.module for node in ast.walk(ast.parse((ROOT / "common/secagg.py").read_text()))
+                      if isinstance(node, ast.ImportFrom) and node.module.startswith("flwr")}
+    assert all(m.startswith("flwr.common.secure_aggregation") for m in secagg_imports)
 
 
 def test_only_the_edges_know_flower():
     """Flower's types stay at the edges: the protocol, the two app modules, the strategy
     (which sends Messages) and the CLI that reads a Flower app's run config."""
-    allowed = {"common/protocol.py", "client_app/app.py", "server_app/app.py",
+    allowed = {"common/protocol.py", "common/protocol_secagg.py", "common/secagg.py",
+               "client_app/app.py", "server_app/app.py",
                "server_app/strategy.py", "fedshare/fingerprint.py"}
     users = {p.relative_to(ROOT).as_posix()
              for folder in ("common", "client_app", "server_app", "fedshare")
