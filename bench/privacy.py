@@ -45,6 +45,8 @@ DEFENCES = {name: {"upload-mode": "rows", **values} for name, values in {
     "dp-1-all": {"dp-epsilon": 1.0, "upload-rows": "all", "upload-counts": "coarse"},
     "padded+coarse+dp-10": {"upload-padding": 1.0, "upload-counts": "coarse", "dp-epsilon": 10.0},
     "default": {"upload-mode": "auto"},
+    "secagg": {"secure-aggregation": True},
+    "secagg+coarse": {"secure-aggregation": True, "upload-counts": "coarse"},
 }.items()}
 COLUMNS = ["setting", "rho", "defence", "attack", "auc", "f1", "precision", "recall", "f1@k",
            "random_f1", "uploads", "replayed", "size_exact", "bytes_up"]

@@ -119,16 +119,21 @@ def encode(weighted: np.ndarray, counts: np.ndarray, params: SecAggParams) -> np
                            np.asarray(np.rint(counts), np.int64).astype(np.uint32)])
 
 
-def decode(total: np.ndarray, num_items: int, dim: int, summed: int, params: SecAggParams,
-           most_count: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
-    """The sums ``(I, d)`` of ``weighted`` and ``(I,)`` of ``counts`` over ``summed`` encoded
-    vectors (each value ``v`` was sent as ``(v + clip) * target / (2 clip)``). A sum outside
-    what ``summed`` honest vectors can give (values above ``summed * target``, a count above
-    ``most_count``) raises :class:`SecAggError`: some vector was forged."""
+def check_sum(total: np.ndarray, num_items: int, dim: int, summed: int, params: SecAggParams,
+              most_count: float) -> None:
+    """:class:`SecAggError` when ``total`` is outside what ``summed`` honest encoded vectors
+    can give (a value above ``summed * target``, a count above ``most_count``): a forged
+    masked vector."""
     if total[:num_items * dim].max(initial=0) > summed * params.target or \
             total[num_items * dim:].max(initial=0) > most_count:
         raise SecAggError("the unmasked sum is outside what honest updates give: a forged "
                           "masked vector")
+
+
+def decode(total: np.ndarray, num_items: int, dim: int, summed: int,
+           params: SecAggParams) -> tuple[np.ndarray, np.ndarray]:
+    """The sums ``(I, d)`` of ``weighted`` and ``(I,)`` of ``counts`` over ``summed`` encoded
+    vectors (each value ``v`` was sent as ``(v + clip) * target / (2 clip)``)."""
     values = total[:num_items * dim].astype(np.float64).reshape(num_items, dim)
     weighted = values * (2 * params.clip / params.target) - summed * params.clip
     return weighted, total[num_items * dim:].astype(np.float64)

@@ -25,6 +25,10 @@ Attacks (higher score = "private interaction"):
 * ``prior`` (a reference, not an upload attack): the server's graph model scored on the
   shared pairs only, what sharing itself reveals; no upload defence can lower it.
 
+Under secure aggregation a reply carries no rows but a masked vector; the attacker reads it
+as if it were one plain encoded update (:func:`read_masked`), the best it can do without the
+masks, and runs the same attacks on the rows that gives.
+
 ``F1@k`` cuts each ranking at the number of private items ``num-examples`` implies
 (``num-examples / epochs - shared``): exact when the count is exact.
 """
@@ -40,6 +44,7 @@ import torch
 from client_app.local_training import LocalHyper, _schedule
 from common.config import RunConfig
 from common.protocol import TrainReply
+from common.secagg import SecAggParams, decode
 from server_app.strategy import FedShareStrategy, Tap
 
 UPLOAD_ATTACKS = ("rows", "direction", "counts", "imia", "replay")
@@ -70,9 +75,23 @@ def capture(strategy: FedShareStrategy, keep, into: list[Upload]) -> Tap:
             return
         users = state.registry.users_of(node)
         pairs = state.edges.pairs() if state.edges is not None else np.zeros((0, 2), np.int64)
-        into.append(Upload(node, rnd, state.item_emb.copy(), TrainReply.from_content(message.content),
+        reply = TrainReply.from_content(message.content)
+        if reply.masked is not None:
+            reply = read_masked(reply, state.item_emb, strategy.cfg.secagg_clip)
+        into.append(Upload(node, rnd, state.item_emb.copy(), reply,
                            users, pairs[np.isin(pairs[:, 0], users)], state.views))
     return tap
+
+
+def read_masked(reply: TrainReply, table: np.ndarray, clip: float) -> TrainReply:
+    """A masked reply read as one plain encoded update (common/secagg.py): rows with a
+    non-zero count, each the table row plus its weighted change over its count."""
+    num_items, dim = table.shape
+    weighted, counts = decode(reply.masked, num_items, dim, 1, SecAggParams(1, 2, clip))
+    index = np.flatnonzero(counts > 0)
+    values = (table[index] + weighted[index] / counts[index, None]).astype(np.float32)
+    return TrainReply(index, values, counts[index].astype(np.float32), reply.loss,
+                      reply.num_examples, reply.pending_sharing, None, reply.num_users)
 
 
 # ------------------------------------------------------------------ scores

@@ -127,5 +127,6 @@ class SecureRound:
         mask_public = {n: keys[1] for n, keys in self.keys.items()}
         total = secagg.unmask(self.total, sorted(self.survivors), self.dropped, self.revealed,
                               {n: self.live(n) for n in self.sharers}, mask_public, self.threshold)
-        return secagg.decode(total, num_items, dim, len(self.survivors), self.params,
-                             sum(self.most_counts.values()))
+        secagg.check_sum(total, num_items, dim, len(self.survivors), self.params,
+                         sum(self.most_counts.values()))
+        return secagg.decode(total, num_items, dim, len(self.survivors), self.params)

@@ -67,7 +67,9 @@ def test_the_attacks_find_private_items_of_an_undefended_run(tmp_path):
 
 @pytest.mark.parametrize("defence", [{"upload-mode": "auto"},
                                      {"dp-epsilon": 1.0, "upload-rows": "all",
-                                      "upload-counts": "coarse"}], ids=["default", "dp-all"])
+                                      "upload-counts": "coarse"},
+                                     {"secure-aggregation": True, "upload-counts": "coarse"}],
+                         ids=["default", "dp-all", "secagg"])
 def test_the_attacks_are_at_chance_under_a_defence(tmp_path, defence):
     found = _attacked(tmp_path, **defence)
     random_f1 = np.mean([e["random_f1"] for e in found])
