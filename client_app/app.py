@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelP
 from common.protocol_secagg import (SecAggInbox, SecAggRequest, secrets_from_record,
                                     secrets_to_record)
 from common.sharing import scheduled_withdrawals
-from common.upload_privacy import coarse_count, prepare_upload, pseudo_pairs
+from common.upload_privacy import coarse_count, initial_item_table, prepare_upload, pseudo_pairs
 
 app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
@@ -162,9 +163,23 @@ def _hosted(users: np.ndarray, node: NodeData) -> tuple[np.ndarray, torch.Tensor
     return hosted, torch.from_numpy(node.to_local(users[hosted]))
 
 
+def _item_table(payload: ModelPayload, node: NodeData, cfg: RunConfig) -> np.ndarray:
+    """The FedAvg item table: sent, or (withheld uploads) its seeded start, rebuilt here."""
+    if payload.items is not None:
+        return payload.items
+    if cfg.upload_privacy.mode != "none":
+        raise ValueError("the model message has no item table although uploads are not withheld")
+    return _seeded_table(cfg.seed, node.num_items, cfg.embedding_dim)
+
+
+@lru_cache(maxsize=2)
+def _seeded_table(seed: int, num_items: int, dim: int) -> np.ndarray:
+    return initial_item_table(seed, num_items, dim)   # nobody writes to it (copied per use)
+
+
 def _global_view(payload: ModelPayload, node: NodeData, cfg: RunConfig,
                  ledger: Ledger) -> GlobalView:
-    item_emb = torch.from_numpy(payload.items)
+    item_emb = torch.from_numpy(_item_table(payload, node, cfg))
     item_graph = None if payload.graph_items is None else torch.from_numpy(payload.graph_items)
     user_graph = torch.zeros(len(node.users), item_emb.shape[1])
     user_base = torch.zeros(len(node.users), item_emb.shape[1])
@@ -253,7 +268,8 @@ def train(msg: Message, context: Context) -> Message:
     num_users = int(node.train_local[:, 0].unique().numel())
     most = cfg.local_epochs * num_users * node.num_items
     index, values, counts, examples = prepare_upload(
-        payload.items, update.index, update.values, update.counts, update.num_examples,
+        _item_table(payload, node, cfg), update.index, update.values, update.counts,
+        update.num_examples,
         most, cfg.upload_privacy, rng)
     masked = None
     if cfg.secure_aggregation:   # the rows go up masked; only their round's sum is readable

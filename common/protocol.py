@@ -179,7 +179,8 @@ def _answers(content: RecordDict) -> tuple[UnshareAnswer, ...]:
 class ModelPayload:
     """``train`` / ``evaluate`` instruction: the models a node needs for its users.
 
-    ``items`` (I, d) the FedAvg item table; ``graph_items`` (I, d) the server's item views;
+    ``items`` (I, d) the FedAvg item table (None under withheld uploads: it never changes, the
+    node rebuilds it, ``common.upload_privacy.initial_item_table``); ``graph_items`` (I, d) the server's item views;
     ``user_index`` (n,) / ``user_views`` (n, d) global views of the node's own sharing users;
     ``negatives`` (k, d) pooled contrastive negatives (train only). With ``fusion = "ego"``
     also ``graph_ego`` (I, d) the item-layer sum and ``graph_degree`` (I,) the item degrees of
@@ -188,7 +189,7 @@ class ModelPayload:
     history (docs/design.md, "Ego views")."""
 
     header: Header
-    items: np.ndarray
+    items: np.ndarray | None   # None: the node rebuilds the unchanging seeded table
     graph_items: np.ndarray | None = None
     user_index: np.ndarray | None = None
     user_views: np.ndarray | None = None
@@ -203,7 +204,7 @@ class ModelPayload:
         ``(I, d)`` tables travel in ``precision`` (float16 halves a node's download; the node
         computes in float32 either way)."""
         table = lambda values: np.asarray(values).astype(precision, copy=False)  # noqa: E731
-        shared = {"items": to_record(weight=table(self.items))}
+        shared = {} if self.items is None else {"items": to_record(weight=table(self.items))}
         if self.graph_items is not None:
             shared["graph"] = to_record(items=table(self.graph_items))
         if self.graph_ego is not None:
@@ -224,14 +225,16 @@ class ModelPayload:
 
     @classmethod
     def from_content(cls, content: RecordDict) -> "ModelPayload":
-        items = _arrays(content, "items", {"weight": (TABLE, 2)})["weight"]
+        items = _arrays(content, "items", {"weight": (TABLE, 2)})["weight"] \
+            if "items" in content.array_records else None
         graph = users = negatives = None
         ego = {"items": None, "degree": None}
         if "graph" in content.array_records:
             graph = _arrays(content, "graph", {"items": (TABLE, 2)})["items"]
         if "ego" in content.array_records:
             ego = _arrays(content, "ego", {"items": (TABLE, 2), "degree": ("int64", 1)})
-            if not (ego["items"].shape == items.shape and ego["degree"].shape == items.shape[:1]):
+            shape = (items if items is not None else ego["items"]).shape
+            if not (ego["items"].shape == shape and ego["degree"].shape == shape[:1]):
                 raise ProtocolError("ego tables do not match the item table")
         if "users" in content.array_records:
             users = _arrays(content, "users", {"index": ("int64", 1), "values": ("float32", 2)})

@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ class UploadPrivacy:
     def noise_sigma(self) -> float:
         """Per-coordinate noise of an upload (0 without DP)."""
         return gaussian_sigma(self.dp_epsilon, self.dp_delta, self.dp_clip) if self.dp_epsilon else 0.0
+
+
+def initial_item_table(seed: int, num_items: int, dim: int) -> np.ndarray:
+    """``(I, d)`` float32: the FedAvg item table's seeded start (the run's ``seed + 1``).
+
+    Under withheld uploads (``mode = "none"``) no node ever changes it, so the server does not
+    send it and each node rebuilds it here, bit for bit: a third of every model message."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return (0.1 * torch.randn(num_items, dim, generator=generator)).numpy()
 
 
 # ------------------------------------------------------------------ accounting (zCDP)

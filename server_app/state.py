@@ -24,6 +24,7 @@ import torch
 from common.config import RunConfig
 from common.graph import Graph, build_graph
 from common.protocol import UnshareAnswer
+from common.upload_privacy import initial_item_table
 from server_app.aggregation import RowUpdate, aggregate_rows, apply_sums
 from server_app.edge_store import EdgeStore
 from server_app.graph_model import EgoTables, ServerGraphModel, ServerHyper
@@ -84,9 +85,7 @@ class ServerState:
     def reset_models(self) -> None:
         """Re-initialise item table and server model with the run's seeds."""
         cfg, catalog = self.cfg, self.catalog
-        generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.item_emb = (0.1 * torch.randn(catalog.num_items, cfg.embedding_dim,
-                                           generator=generator)).numpy()
+        self.item_emb = initial_item_table(cfg.seed, catalog.num_items, cfg.embedding_dim)
         self.model = _graph_model(cfg, catalog)
         self.views, self.snapshots, self.unlearning, self.taint = None, {}, None, None
         self.ego = None

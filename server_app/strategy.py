@@ -83,8 +83,10 @@ class FedShareStrategy:
     def _model_payload(self, node: int, rnd: int, negatives: bool,
                        evaluate: bool = False) -> ModelPayload:
         state, header = self.state, replace(self._header(node, rnd), evaluate=evaluate)
+        # under withheld uploads the FedAvg table is its seeded start: nodes rebuild it
+        items = None if self.cfg.upload_privacy.mode == "none" else state.item_emb
         if state.views is None:
-            return ModelPayload(header, state.item_emb)
+            return ModelPayload(header, items)
         user_views, item_views = state.views
         users = header.acked_users[header.acked_counts > 0]
         pooled = None
@@ -92,7 +94,7 @@ class FedShareStrategy:
             pooled = state.pooled_negatives(self.rng, self.cfg.cl_negatives,
                                             self.cfg.cl_negative_pool)
         ego = state.ego
-        return ModelPayload(header, state.item_emb, item_views,
+        return ModelPayload(header, items, item_views,
                             users if len(users) else None,
                             user_views[users] if len(users) else None, pooled,
                             None if ego is None else ego.items.numpy(),

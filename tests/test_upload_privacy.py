@@ -185,3 +185,23 @@ def test_metrics_of_the_attack_scoring():
     assert auc(np.ones(5), labels) == 0.5
     assert best_f1(np.array([0.9, 0.1, 0.8, 0.3, 0.2]), labels)[0] == 1.0
     assert best_f1(np.ones(5), labels)[0] == pytest.approx(2 * 0.4 / 1.4)
+
+
+@pytest.mark.parametrize("mode,sent", [("none", False), ("rows", True)])
+def test_the_unchanging_item_table_is_not_sent_when_uploads_are_withheld(tmp_path, mode, sent):
+    """Under withheld uploads the FedAvg table is its seeded start for the whole run: model
+    messages leave it out (a third of their bytes) and nodes rebuild it bit for bit."""
+    if not (default_data_root() / "ml-100k" / "u.data").exists():
+        pytest.skip("ML-100K not available")
+    from common.upload_privacy import initial_item_table
+    cfg = load_config({"max-users": 20, "sharing-ratio": 0.5, "fraction-train": 1.0,
+                       "eval-every": 0, "upload-mode": mode, "state-dir": str(tmp_path / "s"),
+                       "out-dir": str(tmp_path / "o")})
+    session = new_session(cfg, 20, tmp_path)
+    records = session.run_rounds(2)
+    assert all(not r.phases["train"].rejected for r in records)
+    message = session.strategy.configure_train([1], 3)[0]
+    assert ("items" in message.content.array_records) is sent
+    if not sent:
+        state = session.state
+        assert np.array_equal(initial_item_table(cfg.seed, *state.item_emb.shape), state.item_emb)
