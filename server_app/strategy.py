@@ -26,11 +26,10 @@ from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, content_bytes)
-from common.protocol_secagg import SECAGG, SecAggReply
-from common.secagg import SecAggError
 from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.secure_aggregation import SecureRound
+from server_app.secure_phases import SecurePhases
 from server_app.exchange import (at_most, evaluated_subset, excerpt, guarded, pull_all,
                                  selection, share_of)
 from server_app.state import ServerState
@@ -43,7 +42,7 @@ Tap = Callable[[str, Message], None]
 Replies = list[tuple[int, Message]]
 
 
-class FedShareStrategy:
+class FedShareStrategy(SecurePhases):
     """Runs FedShare rounds on a Grid; all state is explicit in ``self.state``."""
 
     def __init__(self, cfg: RunConfig, state: ServerState, tap: Tap | None = None,
@@ -268,45 +267,6 @@ class FedShareStrategy:
         for message in messages if secure is not None else ():
             secure.train_inbox(message.metadata.dst_node_id).write(message.content)
         return messages
-
-    # ---------------------------------------------------------------- secure aggregation
-    def start_secure(self, grid, record: RoundRecord, nodes: list[int]) -> SecureRound:
-        """The ``keys`` and ``shares`` stages; the returned round's ``sharers`` train."""
-        cfg = self.cfg
-        secure = SecureRound(record.round, nodes, cfg.secagg_neighbours, cfg.secagg_threshold,
-                             cfg.secagg_clip, int(self.rng.integers(2**31)))
-        self._secagg_phase(grid, record, "secagg-keys", secure.configure_keys(),
-                           secure.aggregate_keys)
-        self._secagg_phase(grid, record, "secagg-shares", secure.configure_shares(),
-                           secure.aggregate_shares)
-        return secure
-
-    def finish_secure(self, grid, record: RoundRecord, secure: SecureRound) -> None:
-        """The ``unmask`` stage, then the round's sum applied as per-row FedAvg (refused, the
-        table kept, when it cannot be unmasked or a row's average change is beyond what
-        honest nodes can produce)."""
-        self._secagg_phase(grid, record, "secagg-unmask", secure.configure_unmask(),
-                           secure.aggregate_unmask)
-        stats, state = record.phase("secagg-unmask"), self.state
-        if secure.total is None:
-            return
-        try:
-            weighted, counts = secure.result(*state.item_emb.shape)
-            limit = max(self.train_bounds.row_change(n, state.item_emb.shape[1])
-                        for n in secure.examples.values())
-            state.apply_row_sums(weighted, counts, limit)
-        except (SecAggError, NonFiniteTable, ReplyError) as exc:
-            stats.rejected.append(f"round's secure sum not applied: {excerpt(str(exc))}")
-
-    def _secagg_phase(self, grid, record: RoundRecord, name: str, requests: dict, receive) -> None:
-        messages = [self._message(n, SECAGG, r.to_content(), record.round)
-                    for n, r in requests.items()]
-
-        def aggregate(replies: Replies, stats: PhaseStats) -> None:
-            for node, reply in replies:
-                stats.ok += guarded(stats, node, name, lambda: receive(
-                    node, decode(SecAggReply, reply.content)) or True) is not None
-        self._phase(grid, record, name, messages, aggregate)
 
     # ---------------------------------------------------------------- evaluate phase
     def configure_evaluate(self, nodes: list[int], rnd: int) -> list[Message]:
