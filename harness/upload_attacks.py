@@ -89,7 +89,8 @@ def read_masked(reply: TrainReply, table: np.ndarray, clip: float) -> TrainReply
     num_items, dim = table.shape
     weighted, counts = decode(reply.masked, num_items, dim, 1, SecAggParams(1, 2, clip))
     index = np.flatnonzero(counts > 0)
-    values = (table[index] + weighted[index] / counts[index, None]).astype(np.float32)
+    # float64: a change this small would vanish into float32 rounding of the table's values
+    values = table[index].astype(np.float64) + weighted[index] / counts[index, None]
     return TrainReply(index, values, counts[index].astype(np.float32), reply.loss,
                       reply.num_examples, reply.pending_sharing, None, reply.num_users)
 
