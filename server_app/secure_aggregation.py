@@ -61,6 +61,13 @@ class SecureRound:
         return {n: SecAggRequest("keys", self.rnd, self.threshold) for n in self.nodes}
 
     def aggregate_keys(self, node: int, reply: SecAggReply) -> None:
+        """A node's two public keys; refused when they repeat keys already announced (its
+        neighbours would refuse to share with a duplicate, and leave the round)."""
+        taken = {key for pair in self.keys.values() for key in pair}
+        if reply.blobs[0] == reply.blobs[1] or taken & set(reply.blobs):
+            raise ReplyError("secagg public keys that repeat announced keys")
+        if any(len(key) != 32 for key in reply.blobs):
+            raise ReplyError("secagg public keys must be 32 bytes (X25519)")
         self.keys[node] = (reply.blobs[0], reply.blobs[1])
 
     # ------------------------------------------------------------ stage shares

@@ -152,3 +152,37 @@ def test_secure_aggregation_needs_rows_to_sum():
     with pytest.raises(ConfigError, match="dp-epsilon 0"):
         load_config({"secure-aggregation": True, "dp-epsilon": 1.0})
     assert load_config({"secure-aggregation": True, "sharing-ratio": 0.5}).upload_privacy.mode == "rows"
+
+
+def test_a_node_repeating_anothers_public_key_is_refused_and_the_others_sum(tmp_path):
+    """A hostile node that announces a neighbour's public keys as its own is refused at the
+    keys stage (else every honest neighbour would refuse to share, and leave the round);
+    the round goes on without it."""
+    from common.protocol_secagg import SecAggReply
+
+    class Copying(InProcessGrid):
+        first_keys = None
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            ids = super().push_messages(messages)
+            for message, message_id in zip(messages, ids):
+                if message.metadata.message_type != SECAGG:
+                    continue
+                reply = self._replies[message_id]
+                if reply.has_error() or reply.content.config_records["secagg"]["stage"] != "keys":
+                    continue
+                keys = SecAggReply.from_content(reply.content).blobs
+                if Copying.first_keys is None:
+                    Copying.first_keys = keys
+                elif message.metadata.dst_node_id == 4:
+                    forged = SecAggReply("keys", np.zeros(0, np.uint64), Copying.first_keys)
+                    self._replies[message_id] = Message(forged.to_content(), reply_to=message)
+            return ids
+
+    session = _session(tmp_path, "copying", True, Copying)
+    record = session.run_rounds(1)[0]
+    assert any("repeat announced keys" in r for r in record.phases["secagg-keys"].rejected)
+    assert record.phases["secagg-shares"].ok == USERS - 1
+    assert record.phases["secagg-unmask"].ok == USERS - 1
+    assert not record.phases["secagg-unmask"].rejected
