@@ -31,63 +31,29 @@ and SuperNodes on 127.0.0.1, hostile SuperNodes, ServerApp and SuperNode SIGKILL
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
-from collections import Counter
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from bench.common_args import print_table, write_json  # noqa: E402
-from client_app.ledger import DONE, read_ledger, update_ledger  # noqa: E402
+from bench.soak_checks import (attack_table, churn, consent_check, poisoned,  # noqa: E402
+                               reasons)
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from harness.hostile import HostileGrid  # noqa: E402
 from harness.inprocess import InProcessGrid  # noqa: E402
 from harness.session import Session, new_session, restart  # noqa: E402
-from server_app.state import ServerState  # noqa: E402
 from server_app.exchange import selection  # noqa: E402
 
-PHASE_OF = {"train": "train", "evaluate": "evaluate", "query.share": "share",
-            "query.unshare": "unshare"}
-POISON_BOUND = 1e3   # |entry| of an item table or server model that no honest round reaches
 
 
 class Kill(RuntimeError):
     """An injected ServerApp crash."""
-
-
-def churn(node_dirs: list[Path], honest: list[int], rng: np.random.Generator, rate: float) -> int:
-    """Honest users change their sharing (share more / withdraw some), as with the CLI."""
-    changes = 0
-    for pid in honest:
-        node_dir = node_dirs[pid]
-        if rng.random() >= rate:
-            continue
-        ledger = read_ledger(node_dir)
-        users = sorted(ledger.order)
-        user = users[int(rng.integers(len(users)))]
-        shared = ledger.shared.get(user, np.zeros(0, np.int64))
-        if len(shared) and rng.random() < 0.5:
-            items = shared[rng.random(len(shared)) < 0.3][:20]
-            update_ledger(node_dir, lambda led: led.unshare(user, items)[0] if len(items) else led)
-        else:
-            update_ledger(node_dir, lambda led: led.raise_ratio(user, min(1.0, 0.2 + rng.random())))
-        changes += 1
-    return changes
-
-
-def poisoned(state: ServerState) -> bool:
-    tables = [torch.from_numpy(state.item_emb)]
-    if state.model is not None:
-        tables += list(state.model.tables().values())
-    return any(not torch.isfinite(t).all() or t.abs().max() > POISON_BOUND for t in tables)
 
 
 def arm_kill(grid: HostileGrid, rng: np.random.Generator) -> None:
@@ -149,49 +115,6 @@ def run(args, cfg, workdir: Path, hostile: set[int]) -> dict:
             "seconds": time.perf_counter() - start, "applied": shared.get("applied", [])}
 
 
-def attack_table(applied, history) -> list[dict]:
-    """Per attack: how often applied, how often the reply was rejected naming the node."""
-    records = {r.round: r for r in history}
-    rows: dict[str, dict] = {}
-    for a in applied:
-        row = rows.setdefault(f"{PHASE_OF[a.kind]}:{a.attack}",
-                              {"attack": f"{PHASE_OF[a.kind]}:{a.attack}", "applied": 0,
-                               "rejected": 0, "example": ""})
-        row["applied"] += 1
-        record = records.get(a.round)
-        phase = record.phases.get(PHASE_OF[a.kind]) if record else None
-        named = [m for m in (phase.rejected if phase else []) if m.startswith(f"node {a.node}:")]
-        row["rejected"] += bool(named)
-        row["example"] = row["example"] or (named[0][:160] if named else "")
-    return sorted(rows.values(), key=lambda r: r["attack"])
-
-
-def reasons(history) -> dict[str, int]:
-    """Rejections by reason (numbers blanked), over every phase of every round."""
-    counts: Counter = Counter()
-    for record in history:
-        for phase in record.phases.values():
-            for message in phase.rejected:
-                text = message.split(": ", 1)[-1]
-                counts[re.sub(r"[-+]?\d[\d.e+-]*", "N", text)[:120]] += 1
-    return dict(counts.most_common())
-
-
-def consent_check(state: ServerState, node_dirs: list[Path]) -> dict:
-    """Acknowledged withdrawals are erased; nothing acknowledged is lost."""
-    edges = state.edges
-    done = pending = still_held = 0
-    for node_dir in node_dirs:
-        for request in read_ledger(node_dir).requests:
-            if request.status == DONE:
-                done += 1
-                held = edges is not None and edges.contains(
-                    np.full(len(request.items), request.user), request.items).any()
-                still_held += bool(held)
-            pending += request.status == "pending"
-    return {"acknowledged": done, "pending_at_end": pending, "acknowledged_but_held": still_held}
-
-
 def quality(session: Session) -> dict:
     """Test NDCG@20 of the final models, evaluated by every node answering honestly (the
     measurement is not part of the attack), and at the best validation round."""
@@ -244,6 +167,9 @@ def main(argv=None) -> int:
     parser.add_argument("--run-config", default="", help="extra k=v,k=v run config")
     parser.add_argument("--out", default="bench/out/soak.json")
     args = parser.parse_args(argv)
+    if args.kills > max(args.rounds - 2, 0):
+        parser.error(f"--kills {args.kills}: at most --rounds - 2 = {max(args.rounds - 2, 0)} "
+                     "(a ServerApp is killed in distinct rounds from round 2 on, not the last)")
     overrides = dict(kv.split("=", 1) for kv in args.run_config.split(",") if kv)
     cfg = load_config({"dataset": args.dataset, "max-users": args.max_users, "seed": args.seed,
                        "num-rounds": args.rounds, "fraction-train": 1.0,

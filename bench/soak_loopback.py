@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.soak import attack_table, churn, consent_check, poisoned, reasons
+from bench.soak_checks import attack_table, churn, consent_check, poisoned, reasons
 from common.config import RunConfig
 from harness.federation import Federation, stage_app
 from harness.hostile import Applied
