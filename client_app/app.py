@@ -266,21 +266,28 @@ def train(msg: Message, context: Context) -> Message:
                          pseudo=_pseudo_positives(cfg, node, rng))
     _save_user_table(context, cfg, header, state_dir, update.user_emb)
     num_users = int(node.train_local[:, 0].unique().numel())
-    most = cfg.local_epochs * num_users * node.num_items
-    index, values, counts, examples = prepare_upload(
-        _item_table(payload, node, cfg), update.index, update.values, update.counts,
-        update.num_examples,
-        most, cfg.upload_privacy, rng)
-    masked = None
-    if cfg.secure_aggregation:   # the rows go up masked; only their round's sum is readable
-        masked = _masked(context, msg, payload, update, 2 * cfg.local_epochs * num_users)
-        index, values, counts = index[:0], values[:0], counts[:0]
-        examples = coarse_count(update.num_examples, most) \
-            if cfg.upload_privacy.counts == "coarse" else update.num_examples
+    index, values, counts, examples, masked = _upload(context, msg, cfg, node, payload, update,
+                                                      rng, num_users)
     reply = TrainReply(index, values, counts, update.loss, examples, pending,
                        _withdrawals(ledger), num_users=num_users, evaluation=evaluation,
                        masked=masked)
     return Message(reply.to_content(), reply_to=msg)
+
+
+def _upload(context: Context, msg: Message, cfg: RunConfig, node: NodeData,
+            payload: ModelPayload, update, rng: np.random.Generator, num_users: int):
+    """``(index, values, counts, num-examples, masked)`` of the train reply: rows under the
+    upload defences (common/upload_privacy.py), or, under secure aggregation, no rows and the
+    masked vector. ``num-examples`` is bounded by what the server accepts."""
+    most = cfg.local_epochs * num_users * node.num_items
+    if not cfg.secure_aggregation:
+        return (*prepare_upload(_item_table(payload, node, cfg), update.index, update.values,
+                                update.counts, update.num_examples, most, cfg.upload_privacy, rng),
+                None)
+    masked = _masked(context, msg, payload, update, 2 * cfg.local_epochs * num_users)
+    examples = coarse_count(update.num_examples, most) \
+        if cfg.upload_privacy.counts == "coarse" else update.num_examples
+    return update.index[:0], update.values[:0], update.counts[:0], examples, masked
 
 
 def _secrets(context: Context):
