@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=("insecure", "tls"), default="tls")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedshare-deploy-"))
+    manifest = run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds), "nodes": 3,
+                             "mode": args.mode}, 0, "")   # before the work: the code that runs
     rows = [{"runtime": "simulation", **per_round(run_simulation(tmp / "sim", args.rounds))}]
     for name, poll, folded in (("deployment, Flower defaults", 1.0, False),
                                ("deployment, poll 0.1 + eval-in-train", 0.1, True)):
@@ -133,8 +135,7 @@ def main() -> None:
     print_table(rows, columns)
     print(f"import client_app.app: {imports:.2f} s per flwr-clientapp process")
     write_json(args.out, {"rows": rows, "clientapp_import_seconds": imports,
-                          "manifest": run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds),
-                                                    "nodes": 3, "mode": args.mode}, 0, "")})
+                          "manifest": manifest})
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ def main() -> None:
     base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": 0,
             "fraction-train": args.fraction_train, "max-users": args.max_users,
             **parse_set(args.set)}
+    first = load_config(base)   # the manifest before the work: the code that runs
+    manifest = run_manifest(base, first.seed, first.load_data().fingerprint)
     rows, details = [], []
     for setting in args.settings:
         for rho in args.ratios:
@@ -141,7 +143,7 @@ def main() -> None:
                 details.append({"setting": setting, "rho": rho, "defence": defence,
                                 "config": config, "uploads": evaluations})
                 write_json(args.out, {"rows": rows, "details": details, "bench": vars(args),
-                                      "manifest": run_manifest(base, cfg.seed, cfg.load_data().fingerprint)})
+                                      "manifest": manifest})
     print()
     print_table(rows, COLUMNS)
 
