@@ -77,17 +77,24 @@ def capture(strategy: FedShareStrategy, keep, into: list[Upload]) -> Tap:
         pairs = state.edges.pairs() if state.edges is not None else np.zeros((0, 2), np.int64)
         reply = TrainReply.from_content(message.content)
         if reply.masked is not None:
-            reply = read_masked(reply, state.item_emb, strategy.cfg.secagg_clip)
+            reply = read_masked(reply, state.item_emb, strategy.cfg.secagg_clip,
+                                2 * strategy.cfg.local_epochs * reply.num_users)
         into.append(Upload(node, rnd, state.item_emb.copy(), reply,
                            users, pairs[np.isin(pairs[:, 0], users)], state.views))
     return tap
 
 
-def read_masked(reply: TrainReply, table: np.ndarray, clip: float) -> TrainReply:
-    """A masked reply read as one plain encoded update (common/secagg.py): rows with a
-    non-zero count, each the table row plus its weighted change over its count."""
+def read_masked(reply: TrainReply, table: np.ndarray, clip: float, most_count: int) -> TrainReply:
+    """A masked reply read as one plain encoded update (common/secagg.py): each word brought
+    into the range an honest single update uses (values ``mod (T + 1)``, counts
+    ``mod (most_count + 1)``), then decoded; rows with a non-zero count are "uploaded", each
+    the table row plus its weighted change over its count."""
     num_items, dim = table.shape
-    weighted, counts = decode(reply.masked, num_items, dim, 1, SecAggParams(1, 2, clip))
+    params = SecAggParams(1, 2, clip)
+    words = reply.masked.astype(np.int64)
+    words[:num_items * dim] %= params.target + 1
+    words[num_items * dim:] %= most_count + 1
+    weighted, counts = decode(words, num_items, dim, 1, params)
     index = np.flatnonzero(counts > 0)
     # float64: a change this small would vanish into float32 rounding of the table's values
     values = table[index].astype(np.float64) + weighted[index] / counts[index, None]
