@@ -16,14 +16,16 @@ from server_app.validation import ReplyError, decode
 
 
 class SecurePhases:
-    """Mixed into the strategy: uses its ``cfg``, ``state``, ``rng``, ``train_bounds``,
+    """Mixed into the strategy: uses its ``cfg``, ``state``, ``train_bounds``,
     ``_message`` and ``_phase``."""
 
     def start_secure(self, grid, record: RoundRecord, nodes: list[int]) -> SecureRound:
         """The ``keys`` and ``shares`` stages; the returned round's ``sharers`` train."""
         cfg = self.cfg
+        # the ring's seed is the round's, not a draw from the sampling generator: a run with
+        # secure aggregation samples exactly the nodes the same run without it samples
         secure = SecureRound(record.round, nodes, cfg.secagg_neighbours, cfg.secagg_threshold,
-                             cfg.secagg_clip, int(self.rng.integers(2**31)))
+                             cfg.secagg_clip, cfg.seed * 1_000_003 + record.round)
         self._secagg_phase(grid, record, "secagg-keys", secure.configure_keys(),
                            secure.aggregate_keys)
         self._secagg_phase(grid, record, "secagg-shares", secure.configure_shares(),

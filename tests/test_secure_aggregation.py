@@ -186,3 +186,18 @@ def test_a_node_repeating_anothers_public_key_is_refused_and_the_others_sum(tmp_
     assert record.phases["secagg-shares"].ok == USERS - 1
     assert record.phases["secagg-unmask"].ok == USERS - 1
     assert not record.phases["secagg-unmask"].rejected
+
+
+def test_secure_aggregation_samples_the_same_nodes_as_a_plain_run(tmp_path):
+    """The secagg ring is seeded by the round, not drawn from the sampling generator, so the
+    two runs train the same nodes every round (quality comparisons stay paired)."""
+    runs = [_session(tmp_path, name, secure, **{"fraction-train": 0.3})
+            for name, secure in (("plain", False), ("secure", True))]
+    sampled = []
+    for session in runs:
+        seen = []
+        session.strategy.tap = lambda phase, reply, seen=seen: phase == "train" and seen.append(
+            (int(reply.metadata.group_id), int(reply.metadata.src_node_id)))
+        session.run_rounds(3)
+        sampled.append(sorted(seen))
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 3 * 9
