@@ -32,6 +32,7 @@ weighted FedAvg (server_app/aggregation.py) without any single node's rows.
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,7 +149,7 @@ class NodeSecrets:
     server_round: int = 0
     share_private: bytes = field(default_factory=new_private_key)   # encrypts the shares
     mask_private: bytes = field(default_factory=new_private_key)    # pairwise masks
-    seed: bytes = field(default_factory=lambda: np.random.default_rng().bytes(32))
+    seed: bytes = field(default_factory=lambda: os.urandom(32))   # the OS's CSPRNG
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # v -> (share, mask) keys
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)   # v -> (b share, key share)
 
