@@ -33,7 +33,8 @@ from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelP
 from common.protocol_secagg import (SecAggInbox, SecAggRequest, secrets_from_record,
                                     secrets_to_record)
 from common.sharing import scheduled_withdrawals
-from common.upload_privacy import coarse_count, initial_item_table, prepare_upload, pseudo_pairs
+from common.upload_privacy import (coarse_count, initial_item_table, most_row_count,
+                                   prepare_upload, pseudo_pairs)
 
 app = ClientApp()
 ACKED = "acked"  # context.state key: the server's last per-user edge counts
@@ -284,7 +285,8 @@ def _upload(context: Context, msg: Message, cfg: RunConfig, node: NodeData,
         return (*prepare_upload(_item_table(payload, node, cfg), update.index, update.values,
                                 update.counts, update.num_examples, most, cfg.upload_privacy, rng),
                 None)
-    masked = _masked(context, msg, payload, update, 2 * cfg.local_epochs * num_users)
+    masked = _masked(context, msg, _item_table(payload, node, cfg), update,
+                     most_row_count(cfg.local_epochs, num_users))
     examples = coarse_count(update.num_examples, most) \
         if cfg.upload_privacy.counts == "coarse" else update.num_examples
     return update.index[:0], update.values[:0], update.counts[:0], examples, masked
@@ -295,7 +297,7 @@ def _secrets(context: Context):
     return None if held is None else secrets_from_record(held)
 
 
-def _masked(context: Context, msg: Message, payload: ModelPayload, update,
+def _masked(context: Context, msg: Message, table: np.ndarray, update,
             most_count: int) -> np.ndarray:
     """The update as secure aggregation's masked vector (the round's inbox rides on ``msg``);
     row counts capped as the server caps plain ones (validation.check_train)."""
@@ -303,7 +305,7 @@ def _masked(context: Context, msg: Message, payload: ModelPayload, update,
     if inbox is None:
         raise ValueError("secure-aggregation is on but the train message has no secagg inbox")
     secrets = _secrets(context)
-    vector = masked_upload(secrets, inbox, payload.items, update.index, update.values,
+    vector = masked_upload(secrets, inbox, table, update.index, update.values,
                            np.minimum(update.counts, most_count))
     context.state[SECRETS] = secrets_to_record(secrets)   # the shares it now holds
     return vector

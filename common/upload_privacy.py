@@ -104,6 +104,13 @@ def pseudo_pairs(pairs: np.ndarray, num_users: int, num_items: int, ratio: float
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
 
 
+def most_row_count(epochs: int, users: int) -> int:
+    """The largest count one node's row can honestly have in a round: a positive and a
+    negative per user and epoch (the server caps plain counts at it; secure aggregation's
+    nodes cap theirs, and the server bounds the round's count sums by it)."""
+    return 2 * epochs * users
+
+
 def coarse_count(count: int, most: int) -> int:
     """``count`` rounded up to a power of two, at most ``most`` (0 stays 0)."""
     return 0 if count <= 0 else min(most, 1 << (int(count) - 1).bit_length())

@@ -37,6 +37,7 @@ class SecureRound:
     clip: float
     seed: int
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)    # node -> (share, mask)
+    announced: set[bytes] = field(default_factory=set)                    # every key in ``keys``
     ring: dict[int, list[int]] = field(default_factory=dict)
     inbox: dict[int, dict[int, bytes]] = field(default_factory=dict)      # dst -> src -> ciphertext
     sharers: list[int] = field(default_factory=list)
@@ -63,12 +64,12 @@ class SecureRound:
     def aggregate_keys(self, node: int, reply: SecAggReply) -> None:
         """A node's two public keys; refused when they repeat keys already announced (its
         neighbours would refuse to share with a duplicate, and leave the round)."""
-        taken = {key for pair in self.keys.values() for key in pair}
-        if reply.blobs[0] == reply.blobs[1] or taken & set(reply.blobs):
+        if reply.blobs[0] == reply.blobs[1] or self.announced & set(reply.blobs):
             raise ReplyError("secagg public keys that repeat announced keys")
         if any(len(key) != 32 for key in reply.blobs):
             raise ReplyError("secagg public keys must be 32 bytes (X25519)")
         self.keys[node] = (reply.blobs[0], reply.blobs[1])
+        self.announced |= set(reply.blobs)
 
     # ------------------------------------------------------------ stage shares
     def configure_shares(self) -> dict[int, SecAggRequest]:

@@ -26,6 +26,7 @@ from common.metrics import SPLITS, finalize
 from common.selection import DEFAULT_METRIC
 from common.protocol import (EVALUATE, SHARE, TRAIN, UNSHARE, EvaluateReply, Header,
                              ModelPayload, ShareReply, TrainReply, content_bytes)
+from common.upload_privacy import most_row_count
 from server_app.aggregation import NonFiniteTable, RowUpdate
 from server_app.records import Catalog, LostNode, PhaseStats, RoundRecord
 from server_app.secure_aggregation import SecureRound
@@ -252,7 +253,7 @@ class FedShareStrategy(SecurePhases):
         if secure is not None:
             num_items, dim = state.item_emb.shape
             secure.receive_masked(node, train.masked, num_items * (dim + 1), train.num_examples,
-                                  2 * self.cfg.local_epochs * train.num_users)
+                                  most_row_count(self.cfg.local_epochs, train.num_users))
         elif train.masked is not None:
             raise ReplyError("a masked vector although secure aggregation is off")
         return train, update
@@ -347,8 +348,8 @@ class FedShareStrategy(SecurePhases):
         self.withdrawal.advance()
         folded = [] if self.cfg.evaluates(rnd) and self.cfg.eval_in_train else None
         secure = self.start_secure(grid, record, nodes) if self.cfg.secure_aggregation else None
-        messages = self._train_messages(nodes if secure is None else sorted(secure.sharers), all_nodes,
-                                        rnd, folded is not None, secure)
+        trained = nodes if secure is None else sorted(secure.sharers)
+        messages = self._train_messages(trained, all_nodes, rnd, folded is not None, secure)
         record.train_loss = self._phase(
             grid, record, "train", messages,
             lambda replies, stats: self.aggregate_train(replies, stats, folded, secure))

@@ -16,6 +16,7 @@ import numpy as np
 from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, ProtocolError, ShareReply, TrainReply,
                              UnshareReply)
 from common.parsing import MAX_CATALOG   # users or items a federation may claim
+from common.upload_privacy import most_row_count
 from server_app.aggregation import RowUpdate
 
 MAX_SHARE_PAIRS = 5_000_000
@@ -131,7 +132,7 @@ def check_train(reply: TrainReply, table: np.ndarray, bounds: TrainBounds,
     limit = bounds.row_change(reply.num_examples, dim)
     if len(change) and change.max() > limit:
         raise ReplyError(f"row change {change.max():.3g} beyond the bound {limit:.3g}")
-    return RowUpdate(index, values, np.minimum(counts, 2.0 * bounds.epochs * users))
+    return RowUpdate(index, values, np.minimum(counts, float(most_row_count(bounds.epochs, users))))
 
 
 def _check_claimed_users(claimed: int, owned: int, federation: int) -> int:
