@@ -4,8 +4,9 @@
 
 Runs the same config (3 nodes, every node every round, evaluation every other round) in
 Flower's simulation runtime (`deploy/simulate.sh`) and on a real loopback federation
-(`deploy/federation.sh`, TLS by default) twice: as Flower ships it (superexec task poll 1 s,
-evaluation in its own message) and as this project runs it (poll 0.1 s, `eval-in-train`).
+(`deploy/federation.sh`, TLS by default) three times: as Flower ships it (`flower-superexec`,
+task poll 1 s, evaluation in its own message), with poll 0.1 s and `eval-in-train`, and as this
+project runs it: that plus the warm ClientApp executor (`deploy/warm_superexec.py`).
 Reports seconds per round and per phase (mean over rounds 2.., round 1 also shares), plus the
 import time of the ClientApp module (paid by every `flwr-clientapp` process, i.e. per message
 per node).
@@ -46,14 +47,17 @@ def run_simulation(tmp: Path, rounds: int) -> dict:
     return _result(tmp / "out")
 
 
-def run_deployment(tmp: Path, rounds: int, mode: str, poll: float, folded: bool) -> dict:
+def run_deployment(tmp: Path, rounds: int, mode: str, poll: float, folded: bool,
+                   executor: str) -> dict:
     """A loopback federation in ``mode`` with superexec task poll ``poll`` s; ``folded``:
-    evaluation rides on the train messages (``eval-in-train``)."""
+    evaluation rides on the train messages (``eval-in-train``); ``executor``: what runs the
+    ClientApp tasks (federation.sh ``--clientapp-exec``: ``flower`` or ``warm``)."""
     env = {**os.environ, "FEDSHARE_OUT_DIR": str(tmp / "out"), "FEDSHARE_TIMINGS": "1",
            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll)}
     script = [str(ROOT / "deploy" / "federation.sh"), "--run-dir", str(tmp / "fed"),
               "--mode", mode, "--certs-dir", str(tmp / "certs"),
-              "--superlink-port", "18700", "--node-port-base", "18794"]
+              "--superlink-port", "18700", "--node-port-base", "18794",
+              "--clientapp-exec", executor]
     overrides = OVERRIDES.format(rounds=rounds) + f" eval-in-train={str(folded).lower()}"
     subprocess.run(script + ["start"], env=env, check=True, capture_output=True, timeout=300)
     try:
@@ -114,27 +118,54 @@ def clientapp_import_seconds() -> float:
     return int(line.split("|")[1]) / 1e6
 
 
+def warm_clientapp_import_seconds() -> float:
+    """What a child of the warm executor pays: ``import client_app.app`` after
+    ``deploy/warm_superexec.py``'s warm-up (wall clock, s)."""
+    code = ("import sys, time; sys.path.insert(0, 'deploy'); import warm_superexec; "
+            "warm_superexec.warm_up(); t = time.perf_counter(); import client_app.app; "
+            "print(time.perf_counter() - t)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+# runtime key -> (label, superexec task poll s, eval-in-train, ClientApp executor)
+DEPLOYMENTS = {
+    "flower": ("deployment, Flower defaults", 1.0, False, "flower"),
+    "fast-poll": ("deployment, poll 0.1 + eval-in-train", 0.1, True, "flower"),
+    "warm": ("deployment, poll 0.1 + eval-in-train + warm executor", 0.1, True, "warm")}
+RUNTIMES = ("simulation", *DEPLOYMENTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mode", choices=("insecure", "tls"), default="tls")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
+                        help="which runtimes to measure (default: all)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedshare-deploy-"))
     manifest = run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds), "nodes": 3,
                              "mode": args.mode}, 0, "")   # before the work: the code that runs
-    rows = [{"runtime": "simulation", **per_round(run_simulation(tmp / "sim", args.rounds))}]
-    for name, poll, folded in (("deployment, Flower defaults", 1.0, False),
-                               ("deployment, poll 0.1 + eval-in-train", 0.1, True)):
-        result = run_deployment(tmp / name.replace(" ", "-").replace(",", ""), args.rounds,
-                                args.mode, poll, folded)
+    rows = []
+    if "simulation" in args.runtimes:
+        rows.append({"runtime": "simulation",
+                     **per_round(run_simulation(tmp / "sim", args.rounds))})
+    for key, (name, poll, folded, executor) in DEPLOYMENTS.items():
+        if key not in args.runtimes:
+            continue
+        folder = tmp / name.replace(" ", "-").replace(",", "").replace("+", "")
+        result = run_deployment(folder, args.rounds, args.mode, poll, folded, executor)
         rows.append({"runtime": f"{name} ({args.mode})", **per_round(result),
                      **message_breakdown(result)})
-    imports = clientapp_import_seconds()
+    imports, warm_imports = clientapp_import_seconds(), warm_clientapp_import_seconds()
     columns = ["runtime"] + sorted({k for row in rows for k in row} - {"runtime"})
     print_table(rows, columns)
-    print(f"import client_app.app: {imports:.2f} s per flwr-clientapp process")
+    print(f"import client_app.app: {imports:.2f} s per flwr-clientapp process, "
+          f"{warm_imports:.2f} s in a child of the warm executor")
     write_json(args.out, {"rows": rows, "clientapp_import_seconds": imports,
+                          "warm_clientapp_import_seconds": warm_imports,
                           "manifest": manifest})
 
 

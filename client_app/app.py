@@ -33,7 +33,7 @@ from common.protocol import (MAX_UNSHARE_REQUESTS, EvaluateReply, Header, ModelP
 from common.protocol_secagg import (SecAggInbox, SecAggRequest, secrets_from_record,
                                     secrets_to_record)
 from common.sharing import scheduled_withdrawals
-from common.upload_privacy import (coarse_count, initial_item_table, most_row_count,
+from common.upload_privacy import (initial_item_table, most_row_count, reported_examples,
                                    prepare_upload, pseudo_pairs)
 
 app = ClientApp()
@@ -287,8 +287,7 @@ def _upload(context: Context, msg: Message, cfg: RunConfig, node: NodeData,
                 None)
     masked = _masked(context, msg, _item_table(payload, node, cfg), update,
                      most_row_count(cfg.local_epochs, num_users))
-    examples = coarse_count(update.num_examples, most) \
-        if cfg.upload_privacy.counts == "coarse" else update.num_examples
+    examples = reported_examples(update.num_examples, most, cfg.upload_privacy)
     return update.index[:0], update.values[:0], update.counts[:0], examples, masked
 
 

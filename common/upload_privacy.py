@@ -146,15 +146,22 @@ def upload_counts(index: np.ndarray, counts: np.ndarray, num_examples: int, most
     return counts.astype(np.float32), num_examples
 
 
+def reported_examples(num_examples: int, most: int, privacy: UploadPrivacy) -> int:
+    """``num-examples`` of a reply without rows in the clear (upload mode ``none``, no row
+    touched, or secure aggregation): rounded up (:func:`coarse_count`) under mode ``none`` or
+    ``counts = "coarse"``, else as is."""
+    coarse = privacy.mode == "none" or privacy.counts == "coarse"
+    return coarse_count(num_examples, most) if coarse else num_examples
+
+
 def prepare_upload(table: np.ndarray, index: np.ndarray, values: np.ndarray, counts: np.ndarray,
                    num_examples: int, most: int, privacy: UploadPrivacy,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """``(index, values, counts, num-examples)`` of the train reply under ``privacy``;
     ``most`` bounds the reported ``num-examples`` (what the server accepts)."""
     if privacy.mode == "none" or not len(index):
-        coarse = privacy.mode == "none" or privacy.counts == "coarse"
-        examples = coarse_count(num_examples, most) if coarse else num_examples
-        return index[:0], values[:0], counts[:0].astype(np.float32), examples
+        return (index[:0], values[:0], counts[:0].astype(np.float32),
+                reported_examples(num_examples, most, privacy))
     index, values = noised_rows(table, index, values, privacy, rng)
     counts, examples = upload_counts(index, counts, num_examples, most, privacy)
     return index, values, counts, examples

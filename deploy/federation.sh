@@ -37,6 +37,11 @@
 #   --isolation process|subprocess [ISOLATION, process]  process: this script starts one
 #                                 flower-superexec per SuperLink/SuperNode (as docker-compose.yml
 #                                 does); subprocess: Flower starts them itself
+#   --clientapp-exec warm|flower  [CLIENTAPP_EXEC, warm]  with --isolation process, what runs
+#                                 each SuperNode's ClientApp tasks: warm: deploy/warm_superexec.py
+#                                 (Flower's SuperExec loop; each task forked from a process that
+#                                 imported flwr/torch/numpy once); flower: flower-superexec (a
+#                                 fresh interpreter per message)
 #   --run-dir DIR                 [FED_RUN_DIR, <repo>/.federation]  PIDs, logs, SuperLink db, state
 #   --certs-dir DIR               [CERTS_DIR, <repo>/.certs]
 #   --keys-dir DIR                [KEYS_DIR, <run-dir>/keys]  SuperNode auth keys (tls-auth)
@@ -83,6 +88,7 @@ FLEET_HOST=${FLEET_HOST:-}
 FLEET_PORT=${FLEET_PORT:-}
 FLEET_MAX_BODY=${FLEET_MAX_BODY:-}
 ISOLATION=${ISOLATION:-}
+CLIENTAPP_EXEC=${CLIENTAPP_EXEC:-}
 RUN_DIR=${FED_RUN_DIR:-$ROOT/.federation}
 CERTS_DIR=${CERTS_DIR:-}
 KEYS_DIR=${KEYS_DIR:-}
@@ -111,6 +117,8 @@ while [ $# -gt 0 ]; do
     --node-port-base=*) NODE_PORT_BASE=${1#*=}; shift ;;
     --isolation) ISOLATION=${2:?}; shift 2 ;;
     --isolation=*) ISOLATION=${1#*=}; shift ;;
+    --clientapp-exec) CLIENTAPP_EXEC=${2:?--clientapp-exec needs a value}; shift 2 ;;
+    --clientapp-exec=*) CLIENTAPP_EXEC=${1#*=}; shift ;;
     --run-dir) RUN_DIR=${2:?}; shift 2 ;;
     --run-dir=*) RUN_DIR=${1#*=}; shift ;;
     --certs-dir) CERTS_DIR=${2:?}; shift 2 ;;
@@ -137,7 +145,7 @@ LOG_DIR="$RUN_DIR/logs"
 # Every command but print-commands starts from what the last `start` recorded in the run
 # folder (so `start` after `stop` brings the same federation back on the same database);
 # options and environment variables given now win.
-SAVED_VARS="MODE NODES NODE_CONFIG_EXTRA SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
+SAVED_VARS="MODE NODES NODE_CONFIG_EXTRA SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CLIENTAPP_EXEC CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
 STATE_DIR=${FEDSHARE_STATE_DIR:-}
 if [ "$CMD" != print-commands ] && [ -f "$ENV_FILE" ]; then
   declare -A _given=()
@@ -153,6 +161,7 @@ NODE_PORT_BASE=${NODE_PORT_BASE:-9094}
 FLEET_PORT=${FLEET_PORT:-9092}
 FLEET_MAX_BODY=${FLEET_MAX_BODY:-67108864}
 ISOLATION=${ISOLATION:-process}
+CLIENTAPP_EXEC=${CLIENTAPP_EXEC:-warm}
 CERTS_DIR=${CERTS_DIR:-$ROOT/.certs}
 KEYS_DIR=${KEYS_DIR:-$RUN_DIR/keys}
 CONN=${CONN:-fedshare}
@@ -166,6 +175,7 @@ export FEDSHARE_DATA_DIR
 
 case "$MODE" in insecure|tls|tls-auth) ;; *) bad_usage "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
 case "$ISOLATION" in process|subprocess) ;; *) bad_usage "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
+case "$CLIENTAPP_EXEC" in warm|flower) ;; *) bad_usage "--clientapp-exec must be warm or flower (got '$CLIENTAPP_EXEC')" ;; esac
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || bad_usage "--nodes must be a positive integer (got '$NODES')"
 if [ -n "$NODE_CONFIG_EXTRA" ]; then
   IFS=';' read -ra _extras <<<"$NODE_CONFIG_EXTRA"
@@ -270,7 +280,9 @@ command_of() {   # sets CMDLINE=(argv) for component $1
     superexec-clientapp-*)
       i=${name#superexec-clientapp-}
       # The SuperNode's own Runtime API (loopback, same host/container pair) is plain HTTP.
-      CMDLINE=(flower-superexec --insecure --runtime-api-address "$HOST:$(node_port "$i")")
+      if [ "$CLIENTAPP_EXEC" = warm ]; then CMDLINE=(python "$ROOT/deploy/warm_superexec.py")
+      else CMDLINE=(flower-superexec); fi
+      CMDLINE+=(--insecure --runtime-api-address "$HOST:$(node_port "$i")")
       ;;
     *) die "unknown component $name" ;;
   esac

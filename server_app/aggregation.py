@@ -28,7 +28,11 @@ def aggregate_rows(table: np.ndarray, updates: list[RowUpdate]) -> np.ndarray:
     """New ``(I, d)`` table after per-row weighted averaging of ``updates``.
 
     Sums are in float64 (a float32 ``count * value`` overflows long before its average does);
-    a result that is not finite is refused (:class:`NonFiniteTable`), never kept."""
+    a result that is not finite is refused (:class:`NonFiniteTable`), never kept. Updates that
+    touch no row (withheld uploads, secure aggregation) leave ``table`` itself, unallocated."""
+    updates = [update for update in updates if len(update.index)]
+    if not updates:
+        return table
     numerator = np.zeros(table.shape, dtype=np.float64)
     weight = np.zeros(table.shape[0], dtype=np.float64)
     for update in updates:

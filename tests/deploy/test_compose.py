@@ -162,7 +162,15 @@ def test_compose_commands_use_the_flags_of_federation_sh(mode):
         service = services[name]
         if "build" in service:
             assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
-            assert argv[0] == "flower-superexec", name
+            if argv[0] == "python":  # a script of ours: the same one, mounted into the image
+                argv = argv[1:]
+                script = service["entrypoint"][1]
+                assert service["entrypoint"][0] == "python", name
+                assert PurePosixPath(script).name == PurePosixPath(argv[0]).name, name
+                mounts = {v["target"]: v["source"] for v in service["volumes"]}
+                assert mounts[script].endswith(f"deploy/{PurePosixPath(argv[0]).name}"), name
+            else:
+                assert argv[0] == "flower-superexec", name
         else:
             image = service["image"].rsplit(":", 1)[0]
             assert IMAGE_BINARY[image] == argv[0], name
@@ -278,7 +286,7 @@ def test_superlink_port_is_published_on_loopback_unless_configured(mode):
 @pytest.mark.parametrize("mode", ["tls", "tls-auth"])
 def test_secrets_reach_containers_only_through_volumes_owned_by_49999(mode):
     """No Flower container bind-mounts the host's certificate or key folders (whose private
-    keys are 0600); volumes-init copies them, and each SuperNode sees only its own key."""
+    keys are 0600; the only bind mounts are the data and, read-only, our executor script); volumes-init copies them, and each SuperNode sees only its own key."""
     services = _rendered(mode)["services"]
     init = services["volumes-init"]
     assert init["entrypoint"] == ["sh", "/volumes-init.sh"] and init["user"] == "root"
@@ -288,7 +296,9 @@ def test_secrets_reach_containers_only_through_volumes_owned_by_49999(mode):
         if name == "volumes-init":
             continue
         for volume in service.get("volumes", []):
-            assert volume["type"] == "volume" or volume["target"] == "/app/data", (name, volume)
+            ours = volume["target"].startswith("/app/exec/") and volume.get("read_only")
+            assert volume["type"] == "volume" or volume["target"] == "/app/data" or ours, \
+                (name, volume)
         mounts = {v["target"]: v["source"] for v in service.get("volumes", [])}
         if "/app/certificates" in mounts:
             assert mounts["/app/certificates"] == ("tls-server" if name == "superlink" else "tls-ca")

@@ -318,6 +318,11 @@ def test_compose_federation_trains_unshares_and_audits_clean(compose_federation,
             assert c["State"]["Status"] == "running", (service, c["State"], fed.logs())
         assert c["HostConfig"]["NetworkMode"] in ("host", "none"), service
 
+    # every ClientApp message ran in a child of the node's warm executor
+    for i in range(3):
+        log = fed.compose("logs", "--no-color", f"superexec-clientapp-{i}", timeout=60).stdout
+        assert log.count("forked warm process") >= 3, log[-3000:]
+
     # metrics: 3 rounds on all 3 nodes, better than a random ranker
     results = fed.copy_out("superexec-serverapp", "/app/results", tmp_path / "results")
     result = json.loads((results / f"fedshare-ml-100k-rho0.5-{RUN_NAME}.json").read_text())

@@ -1,5 +1,5 @@
 """A real federation on loopback through deploy/federation.sh: a SuperLink, 3 SuperNodes and
-their SuperExecs as separate processes, TLS on, 2 FedShare rounds on a slice of ML-100K; the
+their SuperExecs (the warm ClientApp executor) as separate processes, TLS on, 2 FedShare rounds on a slice of ML-100K; the
 result must beat a random ranker, and `stop` must leave no process behind. Plus: SuperNode
 authentication refuses an unregistered SuperNode, and a taken port fails `start` cleanly.
 
@@ -164,6 +164,10 @@ def test_tls_federation_two_rounds_beats_random(federation):
     # each SuperNode's node config `state-dir` holds its sharing ledger
     for i in range(3):
         assert list((fed.run_dir / "state" / f"node-{i}").rglob("ledger.json")), i
+    # every message ran in a child forked by the node's warm executor (deploy/warm_superexec.py)
+    for i in range(3):
+        log = (fed.run_dir / "logs" / f"superexec-clientapp-{i}.log").read_text()
+        assert log.count("forked warm process") >= 2, log[-2000:]
 
     stopped = fed.sh("stop", timeout=60)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -146,3 +146,15 @@ def test_any_failure_handling_a_reply_rejects_only_that_reply():
     assert guarded(stats, 9, "train", lambda: 42) == 42
     assert stats.rejected == ["node 7: train rejected: unexpected KeyError: 'missing'",
                               "node 8: train rejected: bad"]
+
+
+def test_updates_without_rows_leave_the_table_itself():
+    """Withheld uploads and secure aggregation send empty row updates every round: no new
+    (I, d) table (nor float64 sums) is built for them."""
+    table = np.ones((5, 2), np.float32)
+    empty = RowUpdate(np.zeros(0, np.int64), np.zeros((0, 2), np.float32), np.zeros(0, np.float32))
+    assert aggregate_rows(table, [empty, empty]) is table
+    assert aggregate_rows(table, []) is table
+    touched = aggregate_rows(table, [empty, RowUpdate(np.array([1]), np.full((1, 2), 3, np.float32),
+                                                      np.ones(1, np.float32))])
+    assert touched is not table and touched[1].tolist() == [3, 3] and table[1].tolist() == [1, 1]
