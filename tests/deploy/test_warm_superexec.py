@@ -31,16 +31,9 @@ def _module():
     return module
 
 
-def test_warm_up_covers_every_third_party_module_the_clientapp_imports():
-    code = ("import sys; sys.path.insert(0, 'deploy'); import warm_superexec; "
-            "warm_superexec.warm_up(); before = set(sys.modules); import client_app.app; "
-            "new = {m for m in set(sys.modules) - before if m.split('.')[0] not in "
-            f"set(sys.stdlib_module_names) | set({OURS!r})}}; print(sorted(new))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
-
+_WARMED = "import sys; sys.path.insert(0, 'deploy'); import warm_superexec\n"
+_NEW_THIRD_PARTY = ("new = {m for m in set(sys.modules) - before if m.split('.')[0] not in "
+                    f"set(sys.stdlib_module_names) | set({OURS!r})}}; print(sorted(new)[:20])")
 
 # A handler's first work: train and evaluate a tiny local model with the app's own functions.
 _TINY_ROUND = """
@@ -54,38 +47,39 @@ evaluate_local(update.user_emb, view, pairs[:12], pairs[12:])
 """
 
 
-def test_warm_up_covers_what_a_handler_imports_lazily_while_it_trains():
-    code = ("import sys; sys.path.insert(0, 'deploy'); import warm_superexec; "
-            "warm_superexec.warm_up(); import client_app.app; before = set(sys.modules)\n"
-            + _TINY_ROUND +
-            "new = {m for m in set(sys.modules) - before if m.split('.')[0] not in "
-            f"set(sys.stdlib_module_names) | set({OURS!r})}}; print(sorted(new)[:20])")
+def _last_line(code: str) -> tuple[str, str]:
+    """Run ``code`` in a fresh interpreter at the repository root: its last output line, and
+    its standard error."""
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    return proc.stdout.strip().splitlines()[-1], proc.stderr
+
+
+def test_warm_up_covers_every_third_party_module_the_clientapp_imports():
+    code = (_WARMED + "warm_superexec.warm_up(); before = set(sys.modules)\n"
+            "import client_app.app\n" + _NEW_THIRD_PARTY)
+    assert _last_line(code)[0] == "[]"
+
+
+def test_warm_up_covers_what_a_handler_imports_lazily_while_it_trains():
+    code = (_WARMED + "warm_superexec.warm_up(); import client_app.app\n"
+            "before = set(sys.modules)\n" + _TINY_ROUND + _NEW_THIRD_PARTY)
+    assert _last_line(code)[0] == "[]"
 
 
 def test_our_modules_are_not_preimported_so_the_fab_code_runs():
-    code = ("import sys; sys.path.insert(0, 'deploy'); import warm_superexec; "
-            "warm_superexec.warm_up(); "
+    code = (_WARMED + "warm_superexec.warm_up()\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS[:3]!r}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert _last_line(code)[0] == "[]"
 
 
 def test_without_the_app_its_dependencies_are_warmed():
     """The compose image has the dependencies but not the app (it comes in FABs)."""
-    code = ("import sys; sys.path.insert(0, 'deploy'); import warm_superexec; "
-            "warm_superexec.warm_up('not_an_app.module'); "
+    code = (_WARMED + "warm_superexec.warm_up('not_an_app.module')\n"
             "print(all(m in sys.modules for m in ('torch', 'numpy', 'pydantic', 'torch._dynamo')))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "True"
-    assert "not_an_app.module not importable" in proc.stderr
+    last, stderr = _last_line(code)
+    assert last == "True" and "not_an_app.module not importable" in stderr
 
 
 @pytest.mark.parametrize("insecure, certs, parent, deps", [
