@@ -19,9 +19,13 @@ import time
 import uuid
 from typing import Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.common.serde import (array_record_to_proto, message_from_proto, message_to_proto,
+                               recorddict_to_proto)
+from flwr.common.serde_utils import metadata_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.proto.node_pb2 import NodeInfo
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -31,8 +35,32 @@ from server_app.app import run_fedshare
 from server_app.strategy import Tap
 
 
-def _wire(message: Message) -> Message:
-    return message_from_proto(message_to_proto(message))
+# id(ArrayRecord) -> (the record, kept alive while its id is a key; its protobuf)
+Serialised = dict[int, tuple[ArrayRecord, object]]
+
+
+def _content_proto(content: RecordDict, serialised: Serialised) -> ProtoRecordDict:
+    """``recorddict_to_proto(content)``, with each ArrayRecord object serialised once per
+    ``serialised`` cache (a round's model messages share the same table records)."""
+    items = []
+    for key, record in content.items():
+        if not isinstance(record, ArrayRecord):
+            items.extend(recorddict_to_proto(RecordDict({key: record})).items)
+            continue
+        if id(record) not in serialised:
+            serialised[id(record)] = (record, array_record_to_proto(record))
+        items.append(ProtoRecordDict.Item(key=key, array_record=serialised[id(record)][1]))
+    return ProtoRecordDict(items=items)
+
+
+def _wire(message: Message, serialised: Serialised | None = None) -> Message:
+    """``message`` after the protobuf round trip the transport does; with ``serialised``, a
+    table record already serialised for another message of the batch is not serialised again
+    (the receiver still gets its own copy: deserialisation is per message)."""
+    if serialised is None or not message.has_content():
+        return message_from_proto(message_to_proto(message))
+    return message_from_proto(ProtoMessage(metadata=metadata_to_proto(message.metadata),
+                                           content=_content_proto(message.content, serialised)))
 
 
 def _stamp_id(message: Message, message_id: str) -> None:
@@ -85,7 +113,7 @@ class InProcessGrid(Grid):
                 for n in self.get_node_ids()]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
+        ids, serialised = [], {}
         for message in messages:
             message_id = uuid.uuid4().hex
             _stamp_id(message, message_id)
@@ -93,7 +121,7 @@ class InProcessGrid(Grid):
             node = message.metadata.dst_node_id
             if node in self.dead:
                 continue
-            delivered = _wire(message)
+            delivered = _wire(message, serialised)
             _stamp_id(delivered, message_id)
             try:
                 reply = client_app(delivered, self.contexts[node])
