@@ -1,8 +1,10 @@
-"""Shared helpers of the benchmark scripts: output, tables, manifests."""
+"""Shared helpers of the benchmark scripts: output, tables, manifests, scratch folders."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from common.atomic import atomic_write_json
@@ -25,3 +27,15 @@ def write_json(path: str | Path, obj) -> None:
 
 def load_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def new_scratch(prefix: str) -> Path:
+    """A private temporary folder for a benchmark's runs (states, per-round results). The
+    benchmark removes it when it completes (:func:`remove_scratch`); a killed or failed run
+    leaves it, so its per-round results can still be read."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def remove_scratch(path: str | Path) -> None:
+    """Delete a completed benchmark's scratch folder (server states hold shared pairs)."""
+    shutil.rmtree(path, ignore_errors=True)

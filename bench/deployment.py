@@ -20,13 +20,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 
 OVERRIDES = "num-rounds={rounds} max-users=150 eval-every=2 fraction-train=1.0 sharing-ratio=0.5"
@@ -145,7 +144,7 @@ def main() -> None:
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="which runtimes to measure (default: all)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="fedshare-deploy-"))
+    tmp = new_scratch("fedshare-deploy-")
     manifest = run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds), "nodes": 3,
                              "mode": args.mode}, 0, "")   # before the work: the code that runs
     rows = []
@@ -167,6 +166,7 @@ def main() -> None:
     write_json(args.out, {"rows": rows, "clientapp_import_seconds": imports,
                           "warm_clientapp_import_seconds": warm_imports,
                           "manifest": manifest})
+    remove_scratch(tmp)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from bench.quality import parse_set  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
@@ -84,7 +83,7 @@ def main() -> None:
                         help="also rank with weighted fusion at these fixed global weights w")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="fedshare-probe-"))
+    scratch = new_scratch("fedshare-probe-")
     config = {"dataset": args.dataset, "fraction-train": args.fraction_train, "eval-every": 0,
               **parse_set(args.set), "state-dir": str(scratch / "state"),
               "out-dir": str(scratch / "results")}
@@ -98,6 +97,7 @@ def main() -> None:
         print_table(rows[-1:], list(rows[-1]))
     write_json(args.out, {"rows": rows, "manifest": run_manifest(cfg.as_dict(), cfg.seed, ds.fingerprint),
                           "bench": vars(args)})
+    remove_scratch(scratch)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from bench.quality import parse_set  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
@@ -117,7 +116,7 @@ def main() -> None:
     parser.add_argument("--max-users", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="fedshare-privacy-"))
+    scratch = new_scratch("fedshare-privacy-")
     base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": 0,
             "fraction-train": args.fraction_train, "max-users": args.max_users,
             **parse_set(args.set)}
@@ -146,6 +145,7 @@ def main() -> None:
                                       "manifest": manifest})
     print()
     print_table(rows, COLUMNS)
+    remove_scratch(scratch)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import itertools
 import json
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from common import progress  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
 from common.config import load_config  # noqa: E402
@@ -200,7 +199,7 @@ def main() -> None:
     parser.add_argument("--no-centralized", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    scratch = tempfile.mkdtemp(prefix="fedshare-quality-")
+    scratch = new_scratch("fedshare-quality-")
     base = {"dataset": args.dataset, "num-rounds": args.rounds, "eval-every": args.eval_every,
             "eval-fraction": args.eval_fraction,
             "patience": args.patience, "fraction-train": args.fraction_train,
@@ -234,6 +233,7 @@ def main() -> None:
     print()
     print_table(rows, COLUMNS)
     write_json(args.out, rows)
+    remove_scratch(scratch)
 
 
 if __name__ == "__main__":

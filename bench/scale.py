@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 
 COLUMNS = ["series", "dataset", "users", "items", "shared_edges", "round_seconds", "graph_seconds",
@@ -81,9 +81,8 @@ def child(config: dict, rounds: int) -> dict:
     """One run in this process; its measurements."""
     from harness.session import new_session
     from common.config import load_config
-    import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix="fedshare-scale-"))
+    tmp = new_scratch("fedshare-scale-")
     cfg = load_config({**config, "state-dir": str(tmp / "state"), "out-dir": str(tmp / "out")})
     ds = cfg.load_data()
     session = new_session(cfg, ds.num_users, tmp)
@@ -92,6 +91,7 @@ def child(config: dict, rounds: int) -> dict:
     phase = lambda name, key: float(np.mean([r.phases[name].__dict__[key] for r in records  # noqa: E731
                                              if name in r.phases]))
     sent = phase("train", "sent")
+    remove_scratch(tmp)
     return {"dataset": cfg.dataset, "users": ds.num_users, "items": ds.num_items, "shared_edges": len(session.state.edges),
             "round_seconds": float(np.mean([r.seconds for r in records])),
             **{f"{p}_seconds": phase(p, "seconds") for p in ("unshare", "share", "graph", "train")},
@@ -105,14 +105,12 @@ def child(config: dict, rounds: int) -> dict:
 def server_child(config: dict) -> dict:
     """One server graph step (the strategy's: ``ServerState.train_graph``) on every shared edge
     of the dataset at the config's sharing ratio."""
-    import tempfile
-
     from common.config import load_config
     from common.sharing import shared_pairs
     from server_app.records import Catalog
     from server_app.state import ServerState
 
-    tmp = Path(tempfile.mkdtemp(prefix="fedshare-scale-"))
+    tmp = new_scratch("fedshare-scale-")
     cfg = load_config({**config, "state-dir": str(tmp / "state"), "out-dir": str(tmp / "out")})
     ds = cfg.load_data()
     pairs = shared_pairs(ds.train, cfg.sharing_ratio, cfg.sharing_distribution, cfg.seed)
@@ -124,6 +122,7 @@ def server_child(config: dict) -> dict:
     state.train_graph()
     seconds = time.perf_counter() - started
     state.refresh_views()
+    remove_scratch(tmp)
     return {"dataset": cfg.dataset, "users": ds.num_users, "items": ds.num_items,
             "shared_edges": len(state.edges), "graph_seconds": seconds,
             "server_state_bytes": server_state_bytes(state),

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from harness.inprocess import run_inprocess  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scratch = tempfile.mkdtemp(prefix="fedshare-speed-")
+    scratch = new_scratch("fedshare-speed-")
     result = federated_rounds(args, scratch)
     summary = summarize(result, args.nodes, dim=64)
     ds = load_dataset(args.dataset)
@@ -79,6 +78,7 @@ def main() -> None:
     rows += [{"measure": f"phase:{k}", "value": v} for k, v in summary["phase_seconds"].items()]
     print_table(rows, ["measure", "value"])
     write_json(args.out, summary)
+    remove_scratch(scratch)
 
 
 if __name__ == "__main__":

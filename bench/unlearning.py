@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common_args import print_table, write_json  # noqa: E402
+from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from common.config import RunConfig, load_config  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.forgetting import (FORGET_KINDS, auc, forget_set, membership_auc,  # noqa: E402
@@ -227,7 +226,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         extra[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
     torch.set_num_threads(args.threads)
-    scratch = Path(tempfile.mkdtemp(prefix="fedshare-unlearning-"))
+    scratch = new_scratch("fedshare-unlearning-")
     cfg = load_config({"dataset": args.dataset, "fraction-train": args.fraction_train,
                        "eval-every": 0, "num-rounds": 10_000,
                        "unlearn-rounds": args.unlearn_rounds, "max-users": args.max_users,
@@ -249,6 +248,7 @@ def main() -> None:
     print()
     print_table(rows, COLUMNS)
     write_json(args.out, rows)
+    remove_scratch(scratch)
 
 
 if __name__ == "__main__":
