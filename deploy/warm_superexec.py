@@ -3,18 +3,20 @@
     python deploy/warm_superexec.py --insecure --runtime-api-address 127.0.0.1:9094
 
 Flower 1.41's ``flower-superexec`` starts a fresh ``flwr-clientapp`` interpreter for every
-message a node receives, and each one imports Flower, torch and numpy again before our
-handler runs: 1.5 s of CPU idle, several seconds when a node's messages start together on a
-small machine (docs/benchmarks.md, "Deployment latency"). This process is the same SuperExec
-(Flower's own loop, ``run_superexec``, asking the SuperNode's Runtime API for tasks) with one
-executor swapped: the heavy third-party modules are imported once, here, and each task runs in
-a child forked from this process, which executes exactly what ``flwr-clientapp`` executes.
+message a node receives, and each one imports Flower, torch and numpy again before our handler
+runs, and then ``torch._dynamo`` at its first optimizer: ~3 s of CPU per message, more when a
+node's messages start together on a small machine (docs/benchmarks.md, "Deployment latency").
+This process is the same SuperExec (Flower's own loop, ``run_superexec``, asking the
+SuperNode's Runtime API for tasks) with one executor swapped: the heavy modules are imported
+once, here, and each task runs in a child forked from this process, which executes exactly
+what ``flwr-clientapp`` executes.
 
 What stays as Flower ships it: one process per message (a crash or a leak stays in that
-message), the FAB's own code (the app is imported once to find its third-party modules, then
-its own modules are dropped from ``sys.modules``, so the child imports them from the FAB), the task token and TLS arguments. The parent
-never runs a torch or numpy operation, so no thread pool exists when it forks. Tasks of other
-types (none on a SuperNode) go to Flower's subprocess executor.
+message); the FAB's own code (the app is imported once to find its third-party modules, then
+its own modules are dropped from ``sys.modules``, so the child imports them from the FAB); the
+task token and TLS arguments. The parent never runs a torch or numpy operation, so no thread
+pool of theirs is running when it forks. Tasks of other types (none on a SuperNode) go to
+Flower's subprocess executor.
 
 Arguments are ``flower-superexec``'s, as far as a ClientApp needs them.
 """
