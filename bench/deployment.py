@@ -4,9 +4,10 @@
 
 Runs the same config (3 nodes, every node every round, evaluation every other round) in
 Flower's simulation runtime (`deploy/simulate.sh`) and on a real loopback federation
-(`deploy/federation.sh`, TLS by default) three times: as Flower ships it (`flower-superexec`,
-task poll 1 s, evaluation in its own message), with poll 0.1 s and `eval-in-train`, and as this
-project runs it: that plus the warm ClientApp executor (`deploy/warm_superexec.py`).
+(`deploy/federation.sh`, TLS by default) four times: as Flower ships it (`flower-superexec`,
+`flower-supernode`, task poll 1 s, evaluation in its own message), with poll 0.1 s and
+`eval-in-train`, plus the warm ClientApp executor (`deploy/warm_superexec.py`), and as this
+project runs it: that plus the quick SuperNode (`deploy/quick_supernode.py`).
 Reports seconds per round and per phase (mean over rounds 2.., round 1 also shares), plus the
 import time of the ClientApp module (paid by every `flwr-clientapp` process, i.e. per message
 per node).
@@ -47,16 +48,17 @@ def run_simulation(tmp: Path, rounds: int) -> dict:
 
 
 def run_deployment(tmp: Path, rounds: int, mode: str, poll: float, folded: bool,
-                   executor: str) -> dict:
+                   executor: str, supernode: str) -> dict:
     """A loopback federation in ``mode`` with superexec task poll ``poll`` s; ``folded``:
     evaluation rides on the train messages (``eval-in-train``); ``executor``: what runs the
-    ClientApp tasks (federation.sh ``--clientapp-exec``: ``flower`` or ``warm``)."""
+    ClientApp tasks (federation.sh ``--clientapp-exec``: ``flower`` or ``warm``);
+    ``supernode``: what runs the SuperNodes (``--supernode-loop``: ``flower`` or ``quick``)."""
     env = {**os.environ, "FEDSHARE_OUT_DIR": str(tmp / "out"), "FEDSHARE_TIMINGS": "1",
            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(poll)}
     script = [str(ROOT / "deploy" / "federation.sh"), "--run-dir", str(tmp / "fed"),
               "--mode", mode, "--certs-dir", str(tmp / "certs"),
               "--superlink-port", "18700", "--node-port-base", "18794",
-              "--clientapp-exec", executor]
+              "--clientapp-exec", executor, "--supernode-loop", supernode]
     overrides = OVERRIDES.format(rounds=rounds) + f" eval-in-train={str(folded).lower()}"
     subprocess.run(script + ["start"], env=env, check=True, capture_output=True, timeout=300)
     try:
@@ -128,11 +130,14 @@ def warm_clientapp_import_seconds() -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-# runtime key -> (label, superexec task poll s, eval-in-train, ClientApp executor)
+# runtime key -> (label, superexec task poll s, eval-in-train, ClientApp executor, SuperNode)
 DEPLOYMENTS = {
-    "flower": ("deployment, Flower defaults", 1.0, False, "flower"),
-    "fast-poll": ("deployment, poll 0.1 + eval-in-train", 0.1, True, "flower"),
-    "warm": ("deployment, poll 0.1 + eval-in-train + warm executor", 0.1, True, "warm")}
+    "flower": ("deployment, Flower defaults", 1.0, False, "flower", "flower"),
+    "fast-poll": ("deployment, poll 0.1 + eval-in-train", 0.1, True, "flower", "flower"),
+    "warm": ("deployment, poll 0.1 + eval-in-train + warm executor", 0.1, True, "warm",
+             "flower"),
+    "quick": ("deployment, poll 0.1 + eval-in-train + warm executor + quick SuperNode", 0.1,
+              True, "warm", "quick")}
 RUNTIMES = ("simulation", *DEPLOYMENTS)
 
 
@@ -146,16 +151,18 @@ def main() -> None:
     args = parser.parse_args()
     tmp = new_scratch("fedshare-deploy-")
     manifest = run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds), "nodes": 3,
-                             "mode": args.mode}, 0, "")   # before the work: the code that runs
+                             "mode": args.mode, "supernode_idle_poll":
+                             os.environ.get("FEDSHARE_SUPERNODE_IDLE_POLL", "default")}, 0, "")   # before the work: the code that runs
     rows = []
     if "simulation" in args.runtimes:
         rows.append({"runtime": "simulation",
                      **per_round(run_simulation(tmp / "sim", args.rounds))})
-    for key, (name, poll, folded, executor) in DEPLOYMENTS.items():
+    for key, (name, poll, folded, executor, supernode) in DEPLOYMENTS.items():
         if key not in args.runtimes:
             continue
         folder = tmp / name.replace(" ", "-").replace(",", "").replace("+", "")
-        result = run_deployment(folder, args.rounds, args.mode, poll, folded, executor)
+        result = run_deployment(folder, args.rounds, args.mode, poll, folded, executor,
+                                supernode)
         rows.append({"runtime": f"{name} ({args.mode})", **per_round(result),
                      **message_breakdown(result)})
     imports, warm_imports = clientapp_import_seconds(), warm_clientapp_import_seconds()

@@ -42,6 +42,11 @@
 #                                 (Flower's SuperExec loop; each task forked from a process that
 #                                 imported flwr/torch/numpy once); flower: flower-superexec (a
 #                                 fresh interpreter per message)
+#   --supernode-loop quick|flower [SUPERNODE_LOOP, quick]  what runs each SuperNode: quick:
+#                                 deploy/quick_supernode.py (flower-supernode with its fixed 3 s
+#                                 idle sleep, 0.5 s local polls and 1 s first object retry
+#                                 shortened; FEDSHARE_SUPERNODE_IDLE_POLL, default 0.25 s);
+#                                 flower: flower-supernode as shipped
 #   --run-dir DIR                 [FED_RUN_DIR, <repo>/.federation]  PIDs, logs, SuperLink db, state
 #   --certs-dir DIR               [CERTS_DIR, <repo>/.certs]
 #   --keys-dir DIR                [KEYS_DIR, <run-dir>/keys]  SuperNode auth keys (tls-auth)
@@ -54,6 +59,8 @@
 # (default <repo>/results), START_TIMEOUT (s, default 90), STOP_TIMEOUT (s, default 15).
 #
 # FLWR_SUPEREXEC_TASK_POLL_INTERVAL (s, default here 0.1; Flower's own default 1).
+# FEDSHARE_SUPERNODE_IDLE_POLL (s, default 0.25; --supernode-loop quick only): how long an idle
+# SuperNode waits between pulls (Flower's fixed 3 s).
 # Offline-safe: FLWR_DISABLE_UPDATE_CHECK=1 and FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 # are exported, and the SuperLink gets --disable-runtime-dependency-installation (no `uv sync`
 # of the app's dependencies at run time: they are in the venv / the superexec image).
@@ -89,6 +96,7 @@ FLEET_PORT=${FLEET_PORT:-}
 FLEET_MAX_BODY=${FLEET_MAX_BODY:-}
 ISOLATION=${ISOLATION:-}
 CLIENTAPP_EXEC=${CLIENTAPP_EXEC:-}
+SUPERNODE_LOOP=${SUPERNODE_LOOP:-}
 RUN_DIR=${FED_RUN_DIR:-$ROOT/.federation}
 CERTS_DIR=${CERTS_DIR:-}
 KEYS_DIR=${KEYS_DIR:-}
@@ -119,6 +127,8 @@ while [ $# -gt 0 ]; do
     --isolation=*) ISOLATION=${1#*=}; shift ;;
     --clientapp-exec) CLIENTAPP_EXEC=${2:?--clientapp-exec needs a value}; shift 2 ;;
     --clientapp-exec=*) CLIENTAPP_EXEC=${1#*=}; shift ;;
+    --supernode-loop) SUPERNODE_LOOP=${2:?--supernode-loop needs a value}; shift 2 ;;
+    --supernode-loop=*) SUPERNODE_LOOP=${1#*=}; shift ;;
     --run-dir) RUN_DIR=${2:?}; shift 2 ;;
     --run-dir=*) RUN_DIR=${1#*=}; shift ;;
     --certs-dir) CERTS_DIR=${2:?}; shift 2 ;;
@@ -145,7 +155,7 @@ LOG_DIR="$RUN_DIR/logs"
 # Every command but print-commands starts from what the last `start` recorded in the run
 # folder (so `start` after `stop` brings the same federation back on the same database);
 # options and environment variables given now win.
-SAVED_VARS="MODE NODES NODE_CONFIG_EXTRA SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CLIENTAPP_EXEC CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
+SAVED_VARS="MODE NODES NODE_CONFIG_EXTRA SUPERLINK_PORT NODE_PORT_BASE FLEET_HOST FLEET_PORT FLEET_MAX_BODY ISOLATION CLIENTAPP_EXEC SUPERNODE_LOOP CERTS_DIR KEYS_DIR CONN FLWR_HOME STATE_DIR"
 STATE_DIR=${FEDSHARE_STATE_DIR:-}
 if [ "$CMD" != print-commands ] && [ -f "$ENV_FILE" ]; then
   declare -A _given=()
@@ -162,6 +172,7 @@ FLEET_PORT=${FLEET_PORT:-9092}
 FLEET_MAX_BODY=${FLEET_MAX_BODY:-67108864}
 ISOLATION=${ISOLATION:-process}
 CLIENTAPP_EXEC=${CLIENTAPP_EXEC:-warm}
+SUPERNODE_LOOP=${SUPERNODE_LOOP:-quick}
 CERTS_DIR=${CERTS_DIR:-$ROOT/.certs}
 KEYS_DIR=${KEYS_DIR:-$RUN_DIR/keys}
 CONN=${CONN:-fedshare}
@@ -176,6 +187,7 @@ export FEDSHARE_DATA_DIR
 case "$MODE" in insecure|tls|tls-auth) ;; *) bad_usage "--mode must be insecure, tls or tls-auth (got '$MODE')" ;; esac
 case "$ISOLATION" in process|subprocess) ;; *) bad_usage "--isolation must be process or subprocess (got '$ISOLATION')" ;; esac
 case "$CLIENTAPP_EXEC" in warm|flower) ;; *) bad_usage "--clientapp-exec must be warm or flower (got '$CLIENTAPP_EXEC')" ;; esac
+case "$SUPERNODE_LOOP" in quick|flower) ;; *) bad_usage "--supernode-loop must be quick or flower (got '$SUPERNODE_LOOP')" ;; esac
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || bad_usage "--nodes must be a positive integer (got '$NODES')"
 if [ -n "$NODE_CONFIG_EXTRA" ]; then
   IFS=';' read -ra _extras <<<"$NODE_CONFIG_EXTRA"
@@ -270,7 +282,8 @@ command_of() {   # sets CMDLINE=(argv) for component $1
       ;;
     supernode-*)
       i=${name#supernode-}
-      CMDLINE=(flower-supernode)
+      if [ "$SUPERNODE_LOOP" = quick ]; then CMDLINE=(python "$ROOT/deploy/quick_supernode.py")
+      else CMDLINE=(flower-supernode); fi
       if [ "$MODE" = insecure ]; then CMDLINE+=(--insecure); else CMDLINE+=(--root-certificates "$CA"); fi
       CMDLINE+=(--superlink "$(fleet_dial)")
       if [ "$MODE" = tls-auth ]; then CMDLINE+=(--auth-supernode-private-key "$KEYS_DIR/node-$i"); fi

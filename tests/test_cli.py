@@ -92,6 +92,7 @@ def test_bad_arguments_exit_2_naming_the_problem(argv, needle, capsys):
     (["federation"], "no command: give start, run, stop, status"),
     (["federation", "--mode", "plain", "status"], "--mode must be insecure, tls or tls-auth"),
     (["federation", "--clientapp-exec", "cold", "status"], "--clientapp-exec must be warm or flower"),
+    (["federation", "--supernode-loop", "slow", "status"], "--supernode-loop must be quick or flower"),
     (["report", "no-such.json", "--name", "x"], "no-such.json: not a readable benchmark JSON"),
 ])
 def test_bad_arguments_of_the_scripts_exit_2(argv, needle, tmp_path):

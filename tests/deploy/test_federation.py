@@ -168,6 +168,10 @@ def test_tls_federation_two_rounds_beats_random(federation):
     for i in range(3):
         log = (fed.run_dir / "logs" / f"superexec-clientapp-{i}.log").read_text()
         assert log.count("forked warm process") >= 2, log[-2000:]
+    # and every SuperNode ran with its fixed waits shortened (deploy/quick_supernode.py)
+    for i in range(3):
+        log = (fed.run_dir / "logs" / f"supernode-{i}.log").read_text()
+        assert "quick_supernode: idle poll 0.25 s" in log, log[-2000:]
 
     stopped = fed.sh("stop", timeout=60)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
