@@ -91,6 +91,9 @@ class RunConfig(BaseModel):
     server_lr: float = Field(0.01, gt=0.0)
     server_epochs: float = Field(3.0, ge=0.0)
     server_batch_size: int = Field(8192, ge=1)
+    # at most this many steps per server epoch: past server_batch_size x this many shared
+    # edges the batch grows instead of the step count (0: no limit; docs/scaling.md)
+    server_epoch_steps: int = Field(128, ge=0)
     server_reg: float = Field(1e-3, ge=0.0)
     snapshot_rounds: str = "0,5,10"
     # unsharing and unlearning

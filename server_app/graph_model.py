@@ -56,6 +56,24 @@ class ServerHyper:
     cl_weight: float
     cl_temperature: float
     num_layers: int
+    epoch_steps: int = 0   # at most this many steps per epoch (0: no limit)
+    lr_scaling: str = "sqrt"   # how lr follows a grown batch: "sqrt" or "none"
+
+    def batch_size_for(self, num_pairs: int) -> int:
+        """``batch_size``, grown to ``ceil(num_pairs / epoch_steps)`` when an epoch over
+        ``num_pairs`` shared edges would take more than ``epoch_steps`` steps. Every step
+        propagates the whole graph (O(E + U + I)), so a step count that grew with E would make
+        an epoch grow like E * (E + U + I); a bounded one keeps it linear (docs/scaling.md)."""
+        if self.epoch_steps <= 0:
+            return self.batch_size
+        return max(self.batch_size, math.ceil(num_pairs / self.epoch_steps))
+
+    def lr_for(self, batch_size: int) -> float:
+        """``lr`` for steps of ``batch_size``: times sqrt(batch_size / self.batch_size) under
+        "sqrt" scaling (fewer, larger Adam steps per epoch; measured in docs/scaling.md)."""
+        if self.lr_scaling == "none":
+            return self.lr
+        return self.lr * math.sqrt(batch_size / self.batch_size)
 
 
 class ServerGraphModel:
@@ -98,14 +116,16 @@ class ServerGraphModel:
         epochs = self.hp.epochs if epochs is None else epochs
         if len(pairs) == 0 or (steps is None and epochs <= 0) or steps == 0:
             return 0.0
-        num_samples = math.ceil(epochs * len(pairs)) if steps is None \
-            else steps * self.hp.batch_size
+        batch_size = self.hp.batch_size_for(len(pairs)) if steps is None else self.hp.batch_size
+        num_samples = math.ceil(epochs * len(pairs)) if steps is None else steps * batch_size
         repeats = math.ceil(num_samples / len(pairs))
         order = torch.cat([torch.randperm(len(pairs), generator=self.generator)
                            for _ in range(repeats)])[:num_samples]
         num_items = self.item_weight.shape[0]
+        for group in self.optimizer.param_groups:   # set per call: a step's lr follows its batch
+            group["lr"] = self.hp.lr_for(batch_size)
         total, count = 0.0, 0
-        for batch in order.split(self.hp.batch_size):
+        for batch in order.split(batch_size):
             neg = torch.randint(num_items, (len(batch),), generator=self.generator)
             loss = self._batch_loss(graph, pairs[batch, 0], pairs[batch, 1], neg, targets, extra)
             self.optimizer.zero_grad(set_to_none=True)

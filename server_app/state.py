@@ -344,6 +344,7 @@ def _graph_model(cfg: RunConfig, catalog: Catalog) -> ServerGraphModel | Receras
     if cfg.unlearning_method == "receraser":
         return ReceraserGraphModel(catalog.num_users, catalog.num_items, cfg, seed=cfg.seed + 2)
     hp = ServerHyper(cfg.server_epochs, cfg.server_batch_size, cfg.server_lr, cfg.server_reg,
-                     cfg.server_cl_weight, cfg.cl_temperature, cfg.num_layers)
+                     cfg.server_cl_weight, cfg.cl_temperature, cfg.num_layers,
+                     cfg.server_epoch_steps)
     return ServerGraphModel(catalog.num_users, catalog.num_items, cfg.embedding_dim, hp,
                             seed=cfg.seed + 2)
