@@ -109,7 +109,7 @@ def test_federation_actions_run_the_script(tmp_path):
                         "print-commands", env=env)
     assert plan.returncode == 0, plan.stderr
     assert "flower-superlink --insecure" in plan.stdout and "--port 18000" in plan.stdout
-    assert plan.stdout.count("flower-supernode ") == 2
+    assert plan.stdout.count("deploy/quick_supernode.py ") == 2
 
 
 def _run(tmp_path, rounds: int) -> dict:

@@ -322,6 +322,10 @@ def test_compose_federation_trains_unshares_and_audits_clean(compose_federation,
     for i in range(3):
         log = fed.compose("logs", "--no-color", f"superexec-clientapp-{i}", timeout=60).stdout
         assert log.count("forked warm process") >= 3, log[-3000:]
+    # and every SuperNode ran with its fixed waits shortened (deploy/quick_supernode.py)
+    for i in range(3):
+        log = fed.compose("logs", "--no-color", f"supernode-{i}", timeout=60).stdout
+        assert "quick_supernode: idle poll 0.25 s" in log, log[-3000:]
 
     # metrics: 3 rounds on all 3 nodes, better than a random ranker
     results = fed.copy_out("superexec-serverapp", "/app/results", tmp_path / "results")
