@@ -45,7 +45,7 @@ from bench.common_args import new_scratch, print_table, remove_scratch, write_js
 from common.manifest import run_manifest  # noqa: E402
 
 COLUMNS = ["series", "dataset", "users", "items", "shared_edges", "round_seconds", "graph_seconds",
-           "train_seconds", "down_bytes_per_client", "up_bytes_per_client", "server_state_bytes",
+           "graph_batch", "train_seconds", "down_bytes_per_client", "up_bytes_per_client", "server_state_bytes",
            "peak_rss_bytes"]
 
 
@@ -125,6 +125,7 @@ def server_child(config: dict) -> dict:
     remove_scratch(tmp)
     return {"dataset": cfg.dataset, "users": ds.num_users, "items": ds.num_items,
             "shared_edges": len(state.edges), "graph_seconds": seconds,
+            "graph_batch": state.model.hp.batch_size_for(len(state.edges)),
             "server_state_bytes": server_state_bytes(state),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_before_graph_step_bytes": before}
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=200, help="clients sampled per round")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--server-epoch-steps", type=int,
+                        help="the run config's server-epoch-steps (default: the config's)")
     parser.add_argument("--series", nargs="+", default=["users", "edges", "items", "server"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,6 +164,8 @@ def main() -> None:
         return
     base = {"dataset": args.dataset, "eval-every": 0, "num-rounds": args.rounds,
             "torch-threads": args.threads, "server-epochs": 1}
+    if args.server_epoch_steps is not None:
+        base["server-epoch-steps"] = args.server_epoch_steps
     plan = [("users", {"max-users": n, "sharing-ratio": 0.5}) for n in args.sizes] + \
         [("edges", {"max-users": args.sizes[-1], "sharing-ratio": r}) for r in args.ratios
          if r != 0.5] + \

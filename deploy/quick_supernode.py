@@ -12,9 +12,10 @@ no option or environment variable changes (docs/benchmarks.md, "Deployment laten
   seconds (default 0.25).
 * it checks its own in-memory state **every 0.5 s** for the ClientApp's reply and for the reply's
   contents. Here: every 0.05 s (a local lookup, no network).
-* its download of a message's objects **retries first after 1 s** (``PULL_INITIAL_BACKOFF``) when
-  the ServerApp has not finished pushing them. Here: after 0.05 s, still doubling up to Flower's
-  cap, with Flower's own number of tries.
+* its download of a message's objects **retries after 1 s, 2 s, 4 s ... up to 10 s**
+  (``PULL_INITIAL_BACKOFF``, ``PULL_BACKOFF_CAP``) when the ServerApp has not finished pushing
+  them. Here: after 0.05 s doubling to 0.5 s, for as long as Flower lets a pull take in all
+  (``PULL_MAX_TIME``, 2 h; no per-object count of tries, which at 0.5 s would give up sooner).
 
 The cost is idle traffic: a node with nothing to do asks the SuperLink for a message every 0.25 s
 instead of every 3 s (one small gRPC call; 12x the idle pulls). Raise the idle poll for fleets of
@@ -38,7 +39,7 @@ import time
 IDLE_POLL_ENV = "FEDSHARE_SUPERNODE_IDLE_POLL"
 DEFAULT_IDLE_POLL = 0.25
 LOCAL_POLL = 0.05  # the reply and its contents: a lookup in the node's own state
-PULL_INITIAL_BACKOFF = 0.05
+PULL_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": None}
 # Flower 1.41's literal waits in start_client_internal: after an empty pull, and the local polls.
 FLOWER_IDLE_SLEEP = 3.0
 FLOWER_LOCAL_SLEEP = 0.5
@@ -93,7 +94,7 @@ def shorten_waits(idle_poll: float, loop=None) -> bool:
             "1.41.0; running it unchanged", sorted(found), FLOWER_IDLE_SLEEP, FLOWER_LOCAL_SLEEP)
         return False
     loop.time = ShortWaits({FLOWER_IDLE_SLEEP: idle_poll, FLOWER_LOCAL_SLEEP: LOCAL_POLL})
-    loop.pull_objects.__kwdefaults__["initial_backoff"] = PULL_INITIAL_BACKOFF
+    loop.pull_objects.__kwdefaults__.update(PULL_BACKOFF)
     return True
 
 
@@ -106,8 +107,9 @@ def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     if shorten_waits(idle_poll):
-        log(logging.INFO, "quick_supernode: idle poll %g s, local polls %g s, first object "
-            "retry %g s (Flower: 3 / 0.5 / 1 s)", idle_poll, LOCAL_POLL, PULL_INITIAL_BACKOFF)
+        log(logging.INFO, "quick_supernode: idle poll %g s, local polls %g s, object retries "
+            "%g-%g s (Flower: 3 / 0.5 / 1-10 s)", idle_poll, LOCAL_POLL,
+            PULL_BACKOFF["initial_backoff"], PULL_BACKOFF["backoff_cap"])
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

@@ -91,19 +91,20 @@ def clientapp_argv(spec) -> list[str]:
 
 
 # The SuperNode hands a task to its SuperExec before the message's objects have arrived from
-# the SuperLink, so a task started at once finds them missing, and Flower 1.41 then waits its
-# fixed first backoff of 1 s (``PULL_INITIAL_BACKOFF``, a constant) on every message. Between a
-# ClientApp and its own SuperNode on loopback a short first retry costs nothing; the backoff
-# still doubles up to Flower's cap and tries as often.
-CHILD_PULL_INITIAL_BACKOFF = 0.05
+# the SuperLink, so a task started at once finds them missing, and Flower 1.41 then retries
+# after 1 s, 2 s, 4 s ... (``PULL_INITIAL_BACKOFF`` 1 s doubling to ``PULL_BACKOFF_CAP`` 10 s):
+# objects that arrive just after a retry wait up to as long again. Between a ClientApp and its
+# own SuperNode a retry is a local lookup, so the child retries every 0.05 s doubling to 0.2 s,
+# for as long as Flower lets a pull take in all (``PULL_MAX_TIME``, 2 h; no per-object count,
+# which at 0.2 s would give up after 100 s on a large download).
+CHILD_PULL_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 0.2, "max_tries_per_object": None}
 
 
 def shorten_object_pull_backoff() -> None:
-    """Start the ClientApp's object-pull retries at ``CHILD_PULL_INITIAL_BACKOFF`` s."""
+    """The ClientApp's object-pull retries: ``CHILD_PULL_BACKOFF`` instead of Flower's."""
     from flwr.supercore.inflatable import inflatable_utils
 
-    inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__["initial_backoff"] = \
-        CHILD_PULL_INITIAL_BACKOFF
+    inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__.update(CHILD_PULL_BACKOFF)
 
 
 def run_forked_clientapp(argv: list[str]) -> int:

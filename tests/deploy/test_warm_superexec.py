@@ -8,6 +8,7 @@ with exactly the command line Flower's own subprocess executor would use.
 from __future__ import annotations
 
 import importlib.util
+import random
 import subprocess
 import sys
 import time
@@ -97,30 +98,31 @@ def test_a_task_gets_the_command_line_flowers_subprocess_executor_uses(
     assert _module().clientapp_argv(spec) == launched[0]
 
 
-def test_a_task_retries_a_missing_object_after_a_short_backoff(monkeypatch):
-    """The SuperNode starts a task before the message's objects arrived; Flower's first retry
-    would come after 1 s, the child's after 0.05 s (and then doubling)."""
+def test_a_task_gets_a_late_object_soon_after_it_arrives(monkeypatch):
+    """The SuperNode starts a task before the message's objects arrived. Flower retries after
+    1 s, 2 s, 4 s (an object there at 0.9 s is read at 1 s; one there at 1.1 s at 3 s); the
+    child retries every 0.05 s doubling to 0.2 s, so it reads the object within ~0.25 s of its
+    arrival, and keeps trying for Flower's whole time limit, not a count of tries."""
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
-    module = _module()
-    monkeypatch.setitem(inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__,
-                        "initial_backoff", 1)
-    module.shorten_object_pull_backoff()
-    calls = []
+    defaults = inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__
+    for key, flower in (("initial_backoff", 1), ("backoff_cap", 10), ("max_tries_per_object", 500)):
+        monkeypatch.setitem(defaults, key, flower)
+    _module().shorten_object_pull_backoff()
+    assert defaults["max_tries_per_object"] is None and defaults["max_time"] == 7200
+    random.seed(0)   # Flower's retry jitter
+    arrives = time.monotonic() + 1.1
 
     def pull(object_id):
-        calls.append(time.monotonic())
-        if len(calls) < 3:
+        if time.monotonic() < arrives:
             raise ObjectUnavailableError(object_id)
         return b"content"
 
-    # pull_and_inflate_object_from_tree hands its backoff defaults to pull_objects
-    defaults = inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__
-    inflatable_utils.pull_objects(["a"], pull, initial_backoff=defaults["initial_backoff"],
-                                  backoff_cap=defaults["backoff_cap"])
-    assert len(calls) == 3
-    assert calls[-1] - calls[0] < 0.5   # Flower's 1 s + 2 s would be 3 s
+    # pull_and_inflate_object_from_tree hands its retry defaults to pull_objects
+    inflatable_utils.pull_objects(["a"], pull, **{k: defaults[k] for k in (
+        "initial_backoff", "backoff_cap", "max_tries_per_object", "max_time")})
+    assert time.monotonic() - arrives < 0.35   # Flower's schedule: read at 3 s, 1.9 s late
 
 
 def test_bad_arguments_are_refused_with_a_message():
