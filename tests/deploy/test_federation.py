@@ -128,6 +128,7 @@ def federation(tmp_path, reaper, request):
 @pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(), reason="no ML-100K")
 def test_tls_federation_two_rounds_beats_random(federation):
     fed = federation("tls")
+    fed.env["PYTHONDONTWRITEBYTECODE"] = "1"   # as in Flower's images (checked below)
     started = fed.start()
     assert started.returncode == 0, started.stdout + started.stderr + fed.logs()
     expected = {"superlink", "superexec-serverapp"} | {
@@ -168,6 +169,13 @@ def test_tls_federation_two_rounds_beats_random(federation):
     for i in range(3):
         log = (fed.run_dir / "logs" / f"superexec-clientapp-{i}.log").read_text()
         assert log.count("forked warm process") >= 2, log[-2000:]
+    # the first task left the FAB's bytecode for the next ones (warm_superexec.py), although
+    # PYTHONDONTWRITEBYTECODE=1; the FAB holds the apps' code only (pyproject fab-include)
+    installed = list((fed.tmp / "flwr-home" / "apps").glob("*"))
+    assert len(installed) == 1, installed
+    assert list(installed[0].glob("client_app/__pycache__/app.*.pyc")), installed
+    assert {p.name for p in installed[0].iterdir()} <= {
+        "pyproject.toml", "common", "server_app", "client_app"}
     # and every SuperNode ran with its fixed waits shortened (deploy/quick_supernode.py)
     for i in range(3):
         log = (fed.run_dir / "logs" / f"supernode-{i}.log").read_text()
