@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,19 +110,14 @@ def per_round(result: dict) -> dict:
                / len(rounds) for p in phases}}
 
 
-def clientapp_import_seconds() -> float:
-    """``python -X importtime -c 'import client_app.app'``: cumulative microseconds -> s."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import client_app.app"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
-    line = [l for l in proc.stderr.splitlines() if re.search(r"\|\s+client_app\.app$", l)][-1]
-    return int(line.split("|")[1]) / 1e6
+WARM_UP = "sys.path.insert(0, 'deploy'); import warm_superexec; warm_superexec.warm_up(); "
 
 
-def warm_clientapp_import_seconds() -> float:
-    """What a child of the warm executor pays: ``import client_app.app`` after
-    ``deploy/warm_superexec.py``'s warm-up (wall clock, s)."""
-    code = ("import sys, time; sys.path.insert(0, 'deploy'); import warm_superexec; "
-            "warm_superexec.warm_up(); t = time.perf_counter(); import client_app.app; "
+def clientapp_import_seconds(prelude: str = "") -> float:
+    """Wall-clock seconds of ``import client_app.app`` in a fresh interpreter after
+    ``prelude``: nothing (what every ``flwr-clientapp`` process pays) or ``WARM_UP`` (what a
+    child of the warm executor pays, deploy/warm_superexec.py)."""
+    code = (f"import sys, time; {prelude}t = time.perf_counter(); import client_app.app; "
             "print(time.perf_counter() - t)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
@@ -165,7 +159,7 @@ def main() -> None:
                                 supernode)
         rows.append({"runtime": f"{name} ({args.mode})", **per_round(result),
                      **message_breakdown(result)})
-    imports, warm_imports = clientapp_import_seconds(), warm_clientapp_import_seconds()
+    imports, warm_imports = clientapp_import_seconds(), clientapp_import_seconds(WARM_UP)
     columns = ["runtime"] + sorted({k for row in rows for k in row} - {"runtime"})
     print_table(rows, columns)
     print(f"import client_app.app: {imports:.2f} s per flwr-clientapp process, "
