@@ -73,6 +73,8 @@ class ServerHyper:
         "sqrt" scaling (fewer, larger Adam steps per epoch; measured in docs/scaling.md)."""
         if self.lr_scaling == "none":
             return self.lr
+        if self.lr_scaling != "sqrt":
+            raise ValueError(f"lr_scaling must be 'sqrt' or 'none', not {self.lr_scaling!r}")
         return self.lr * math.sqrt(batch_size / self.batch_size)
 
 

@@ -28,6 +28,8 @@ def test_the_lr_follows_the_square_root_of_the_batch_growth():
     assert HP.lr_for(16) == pytest.approx(0.01)
     assert HP.lr_for(64) == pytest.approx(0.02)   # 4x the batch: 2x the lr
     assert ServerHyper(1.0, 16, 0.01, 0.0, 0.0, 1.0, 2, 4, "none").lr_for(64) == 0.01
+    with pytest.raises(ValueError, match="lr_scaling must be 'sqrt' or 'none'"):
+        ServerHyper(1.0, 16, 0.01, 0.0, 0.0, 1.0, 2, 4, "linear").lr_for(64)
 
 
 def _adam_steps(model: ServerGraphModel) -> int:
