@@ -144,9 +144,10 @@ def main() -> None:
                         help="which runtimes to measure (default: all)")
     args = parser.parse_args()
     tmp = new_scratch("fedshare-deploy-")
+    idle_poll = os.environ.get("FEDSHARE_SUPERNODE_IDLE_POLL", "default")
     manifest = run_manifest({"overrides": OVERRIDES.format(rounds=args.rounds), "nodes": 3,
-                             "mode": args.mode, "supernode_idle_poll":
-                             os.environ.get("FEDSHARE_SUPERNODE_IDLE_POLL", "default")}, 0, "")   # before the work: the code that runs
+                             "mode": args.mode, "supernode_idle_poll": idle_poll},
+                            0, "")   # before the work: the code that runs
     rows = []
     if "simulation" in args.runtimes:
         rows.append({"runtime": "simulation",

@@ -45,8 +45,8 @@ from bench.common_args import new_scratch, print_table, remove_scratch, write_js
 from common.manifest import run_manifest  # noqa: E402
 
 COLUMNS = ["series", "dataset", "users", "items", "shared_edges", "round_seconds", "graph_seconds",
-           "graph_batch", "train_seconds", "down_bytes_per_client", "up_bytes_per_client", "server_state_bytes",
-           "peak_rss_bytes"]
+           "graph_batch", "train_seconds", "down_bytes_per_client", "up_bytes_per_client",
+           "server_state_bytes", "peak_rss_bytes"]
 
 
 def _nbytes(value) -> int:

@@ -14,7 +14,6 @@ the best validation epoch (early stop after ``--patience`` evaluations without a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -35,16 +34,15 @@ COLUMNS = ["epoch_steps", "batch_size", "lr", "steps_per_epoch", "best_epoch", "
            "valid_ndcg@20", "ndcg@20", "recall@20", "seconds_per_epoch"]
 
 
-def _metrics(model: ServerGraphModel, graph, ds, split: str) -> dict[str, float]:
-    users, items = model.views(graph)
+def _metrics(views, ds, split: str) -> dict[str, float]:
+    users, items = views
     return finalize(evaluate_split(users, items, ds.train, ds.valid, ds.test, split))
 
 
 def fit(cfg, ds, pairs: torch.Tensor, epoch_steps: int, args) -> dict:
     """Train one server model to its best validation epoch; its row and validation curve."""
     hp = ServerHyper(1.0, cfg.server_batch_size, cfg.server_lr, cfg.server_reg, 0.0,
-                     cfg.cl_temperature, cfg.num_layers, epoch_steps)
-    hp = dataclasses.replace(hp, lr_scaling=args.lr_scaling)
+                     cfg.cl_temperature, cfg.num_layers, epoch_steps, args.lr_scaling)
     batch = hp.batch_size_for(len(pairs))
     model = ServerGraphModel(ds.num_users, ds.num_items, cfg.embedding_dim, hp, seed=cfg.seed)
     graph = build_graph(pairs[:, 0], pairs[:, 1], ds.num_users, ds.num_items)
@@ -55,11 +53,12 @@ def fit(cfg, ds, pairs: torch.Tensor, epoch_steps: int, args) -> dict:
         seconds += time.perf_counter() - started
         if epoch % args.eval_every:
             continue
-        valid = _metrics(model, graph, ds, "valid")["ndcg@20"]
+        views = model.views(graph)   # one propagation for both splits
+        valid = _metrics(views, ds, "valid")["ndcg@20"]
         curve.append({"epoch": epoch, "valid_ndcg@20": valid})
         if best is None or valid > best["valid_ndcg@20"]:
             best, waited = {"best_epoch": epoch, "valid_ndcg@20": valid,
-                            **_metrics(model, graph, ds, "test")}, 0
+                            **_metrics(views, ds, "test")}, 0
         else:
             waited += 1
             if waited >= args.patience:

@@ -7,6 +7,7 @@ federation there run this launcher by default); these tests pin what it changes.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -25,14 +26,13 @@ def _module():
     return module
 
 
-def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**_clean_env(), **env})
-
-
 def _clean_env() -> dict:
-    import os
     return {k: v for k, v in os.environ.items() if k != "FEDSHARE_SUPERNODE_IDLE_POLL"}
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=_clean_env())
 
 
 def test_flower_has_the_waits_the_launcher_was_written_for():
