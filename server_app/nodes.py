@@ -6,7 +6,8 @@ speaks for which user.
   :meth:`NodeRegistry.may_act_for`).
 * ``last_contact``: the last round each node replied to anything (its pending unshare
   requests ride on every reply, so this bounds how long a request can wait: nodes not heard
-  from for ``unshare-poll-every`` rounds are polled with ``query.unshare``); ``poll_now``:
+  from for ``unshare-poll-every`` rounds are polled with ``query.unshare`` if they may hold
+  shared data, see :meth:`NodeRegistry.poll_targets`); ``poll_now``:
   nodes to poll this round whatever the period (a temporary refusal is retried at once).
 * ``synced``: nodes whose shared sets the server holds in full (no ``query.share`` needed).
 * ``answers``: unshare answers persisted but not yet delivered, per node.
@@ -55,11 +56,25 @@ class NodeRegistry:
         return self.keys.get(node) or f"node:{node}"
 
     def poll_targets(self, nodes: list[int], sampled: list[int], rnd: int, every: int) -> list[int]:
-        """Nodes to poll for unshare requests: flagged ones, and those not sampled and not
-        heard from for ``every`` rounds (sampled nodes' requests ride on their replies)."""
+        """Nodes to poll for unshare requests: flagged ones, and those that may hold shared
+        data, not sampled and not heard from for ``every`` rounds (sampled nodes' requests
+        ride on their replies)."""
         sampled = set(sampled)
+        holders = self._possible_holders()
         return [n for n in nodes if n in self.poll_now or
-                (n not in sampled and rnd - self.last_contact.get(n, 0) >= every)]
+                (n not in sampled and (holders is None or self.identity(n) in holders)
+                 and rnd - self.last_contact.get(n, 0) >= every)]
+
+    def _possible_holders(self) -> set[str] | None:
+        """Identities of the nodes whose users the server holds edges of; None (every node
+        may) while a user's unauthenticated owner is gone or silent: a restarted SuperNode
+        comes back under a new id and could be that owner. A node that shares nothing has
+        nothing to withdraw, so it is not polled."""
+        owners = set(self.owner.values())
+        orphaned = any(_node_of(o) is not None and (_node_of(o) not in self.online
+                                                     or _node_of(o) in self.unresponsive)
+                       for o in owners)
+        return None if orphaned else owners
 
     def polled(self, nodes) -> None:
         self.poll_now.difference_update(nodes)

@@ -38,6 +38,29 @@ def test_a_user_bound_to_a_key_stays_with_it():
     assert registry.users_of(2).tolist() == []
 
 
+def test_only_nodes_that_may_hold_shared_data_are_polled():
+    registry = _registry()                      # node 1 shares for users 10, 11; node 2 nothing
+    registry.connect([1, 2, 3])
+    assert registry.poll_targets([1, 2, 3], [], rnd=5, every=5) == [1]
+    assert registry.poll_targets([1, 2, 3], [1], rnd=5, every=5) == []    # sampled: rides along
+    registry.flag_unshare([3])                   # a flagged node is polled whatever it holds
+    assert registry.poll_targets([1, 2, 3], [], rnd=5, every=5) == [1, 3]
+    registry.release([10, 11])                   # node 1 withdrew everything
+    registry.polled([3])
+    assert registry.poll_targets([1, 2, 3], [], rnd=5, every=5) == []
+
+
+def test_everyone_is_polled_while_an_unauthenticated_owner_is_silent():
+    registry = _registry()
+    registry.connect([1, 2, 3])
+    registry.note_lost(1)                       # node 1 may be back under a new id
+    assert registry.poll_targets([1, 2, 3], [], rnd=5, every=5) == [1, 2, 3]
+    keyed = _registry({1: b"key-one", 2: b"key-two"})
+    keyed.note_lost(1)
+    keyed.connect([2, 3], {2: b"key-two"})      # a key-bound owner keeps its users: no orphan
+    assert keyed.poll_targets([2, 3], [], rnd=5, every=5) == []
+
+
 def test_bindings_are_saved_and_old_states_load():
     registry = _registry({1: b"key-one"})
     again = NodeRegistry.from_dict(registry.to_dict())
