@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client_app.ledger import read_ledger, update_ledger
+from client_app.ledger import ledger_exists, read_ledger, update_ledger
 from common.config import RunConfig
 from common.forgetting import pairs_in
 from common.sharing import scheduled_withdrawals
@@ -81,18 +81,29 @@ def clone(session: Session, workdir: Path, cfg: RunConfig) -> Session:
     return Session(workdir, grid, state, strategy, list(session.history), session.next_round)
 
 
+def sharing_nodes(session: Session) -> list[Path]:
+    """State folders of the nodes that have a sharing ledger: a node the server never
+    contacted (not sampled yet, under ``fraction-train`` < 1) has none and shares nothing."""
+    return [node_dir for node_dir in session.node_dirs() if ledger_exists(node_dir)]
+
+
+def node_shared_pairs(node_dir: Path) -> np.ndarray:
+    """``(n, 2)`` pairs one node's ledger holds as shared."""
+    return read_ledger(node_dir).shared_pairs().reshape(-1, 2)
+
+
 def shared_pairs(session: Session) -> np.ndarray:
     """Every ``(user, item)`` pair the nodes' ledgers hold as shared, all nodes together."""
-    pairs = [read_ledger(node_dir).shared_pairs() for node_dir in session.node_dirs()]
-    return np.concatenate(pairs).reshape(-1, 2)
+    pairs = [node_shared_pairs(node_dir) for node_dir in sharing_nodes(session)]
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
 def withdraw_pairs(session: Session, pairs: np.ndarray) -> np.ndarray:
     """Write unshare requests for ``pairs`` ((m, 2) [user, item]) into the ledgers of the nodes
     that share them (as the CLI does); returns the pairs written (those some node shares)."""
     written = []
-    for node_dir in session.node_dirs():
-        mine = read_ledger(node_dir).shared_pairs()
+    for node_dir in sharing_nodes(session):
+        mine = node_shared_pairs(node_dir)
         mine = mine[pairs_in(mine, pairs)]
         for user in np.unique(mine[:, 0]).tolist():
             update_ledger(node_dir, lambda ledger: ledger.unshare(user, mine[mine[:, 0] == user, 1])[0])
@@ -107,8 +118,8 @@ def withdraw(session: Session, user_fraction: float, item_fraction: float, seed:
     ``user_fraction`` of sharing users withdraw ``item_fraction`` of their shared items
     (at most ``max_users`` of them, the first nodes' first). Returns the withdrawn ``(m, 2)`` pairs."""
     chosen, room = [], max_users
-    for node_dir in session.node_dirs():
-        pairs = scheduled_withdrawals(read_ledger(node_dir).shared_pairs(), user_fraction,
+    for node_dir in sharing_nodes(session):
+        pairs = scheduled_withdrawals(node_shared_pairs(node_dir), user_fraction,
                                       item_fraction, seed)
         if room is not None:
             users = np.unique(pairs[:, 0])[:room]

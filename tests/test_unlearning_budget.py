@@ -51,3 +51,20 @@ def test_every_method_is_measured_after_the_same_number_of_training_rounds(tmp_p
         assert run.extra_seconds > 0.0
         assert len(run.withdrawn) == sum(len(s) for s in sets)
         assert not run.session.state.edges.contains(run.withdrawn[:, 0], run.withdrawn[:, 1]).any()
+
+
+@pytest.mark.skipif(not (default_data_root() / "ml-100k").exists(), reason="ML-100K not available")
+def test_forget_sets_under_sampling_skip_nodes_never_contacted(tmp_path):
+    """Cross-user with sampling: a node never sampled has no ledger yet and shares nothing."""
+    cfg = load_config({"max-users": 40, "num-rounds": 20, "eval-every": 0, "fraction-train": 0.25,
+                       "sharing-ratio": 0.5, "snapshot-rounds": "0,1", "unlearn-rounds": 1,
+                       "server-epochs": 1, "state-dir": str(tmp_path / "x"),
+                       "out-dir": str(tmp_path / "out")})
+    learned = new_session(cfg, 8, tmp_path / "learned")
+    learned.run_rounds(1)                                   # 2 of 8 nodes contacted
+    shared = shared_pairs(learned)
+    assert len(shared) == len(learned.state.edges) > 0
+    run = run_unlearning(learned, cfg, "naive", [forget_set(shared, "random", 0.2, seed=0)],
+                         Budget(learn_rounds=1, after_rounds=1), tmp_path / "naive")
+    assert len(run.withdrawn) > 0
+    assert not run.session.state.edges.contains(run.withdrawn[:, 0], run.withdrawn[:, 1]).any()
