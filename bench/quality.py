@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from bench.common_args import new_scratch, print_table, remove_scratch, write_json  # noqa: E402
 from common import progress  # noqa: E402
 from common.centralized import train_centralized  # noqa: E402
-from common.config import load_config  # noqa: E402
+from common.config import DATA_KEYS, load_config  # noqa: E402
 from common.manifest import run_manifest  # noqa: E402
 from harness.inprocess import run_inprocess  # noqa: E402
 from server_app.exchange import evaluated_subset  # noqa: E402
@@ -206,6 +206,8 @@ def main() -> None:
             "max-users": args.max_users,
             "torch-threads": args.threads, "sharing-ratio": 0.5,
             "state-dir": f"{scratch}/state", "out-dir": f"{scratch}/results"}
+    # data keys of --set (e.g. given-valid) define the data of every row, centralized included
+    base.update({k: v for k, v in parse_set(args.set).items() if k in DATA_KEYS})
     cfg = load_config(base)
     nodes = cfg.load_data().num_users if args.setting == "cross-user" else args.nodes
     print(f"{args.dataset}: {nodes} nodes ({args.setting}), plan {args.plan}", flush=True)

@@ -19,7 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from common.datasets import DATASETS, Dataset, load_dataset
 from common.formats import FORMATS
-from common.sources import SPLIT_MODES
+from common.sources import GIVEN_VALID, SPLIT_MODES
 from common.upload_privacy import UploadPrivacy
 
 
@@ -48,6 +48,7 @@ class RunConfig(BaseModel):
     valid_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     test_ratio: float = Field(0.1, ge=0.0, lt=0.5)
     valid_from_train: bool = True
+    given_valid: Literal[GIVEN_VALID] = "use"  # type: ignore[valid-type]
     max_users: int = Field(0, ge=0)
     seed: int = Field(0, ge=0, lt=2**32)
     # federation
@@ -264,11 +265,12 @@ class RunConfig(BaseModel):
         return load_dataset(self.dataset, self.data_root(), rating_threshold=self.rating_threshold,
                             seed=self.seed, valid_ratio=self.valid_ratio, test_ratio=self.test_ratio,
                             max_users=self.max_users or None, k_core=self.k_core, split=self.split,
-                            fmt=self.data_format, valid_from_train=self.valid_from_train)
+                            fmt=self.data_format, valid_from_train=self.valid_from_train,
+                            given_valid=self.given_valid)
 
 
 DATA_KEYS = ("dataset", "data-format", "rating-threshold", "k-core", "split", "valid-ratio",
-             "test-ratio", "valid-from-train", "max-users", "seed")
+             "test-ratio", "valid-from-train", "given-valid", "max-users", "seed")
 
 
 def _digest(values: dict) -> str:

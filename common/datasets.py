@@ -225,7 +225,8 @@ def resolve_source(spec: str, root: Path) -> str:
 def load_dataset(name: str, data_root: Path | None = None, *, rating_threshold: float = 0.0,
                  seed: int = 0, valid_ratio: float = 0.1, test_ratio: float = 0.1,
                  max_users: int | None = None, k_core: int = 0, split: str = "auto",
-                 fmt: str = "auto", valid_from_train: bool = False) -> Dataset:
+                 fmt: str = "auto", valid_from_train: bool = False,
+                 given_valid: str = "use") -> Dataset:
     """Load a dataset by name (:data:`DATASETS`) or path (cached per process on every argument).
 
     Args:
@@ -239,6 +240,8 @@ def load_dataset(name: str, data_root: Path | None = None, *, rating_threshold: 
         split: "auto" (the given split if any, else "random"), "random" or "last" (leave-last-out).
         fmt: file format ("auto" detects it; :data:`common.formats.FORMATS`).
         valid_from_train: carve a seeded validation part from train when a given split has none.
+        given_valid: a given validation part is ``"use"``d, or ``"merge"``d into train first
+            (then carved again when ``valid_from_train``).
 
     With default ``k_core``, ``split`` and ``fmt``, MovieLens names ignore ``valid_from_train``
     (they are split here) and keep their historical ids and splits; Gowalla and the RecEraser
@@ -250,5 +253,6 @@ def load_dataset(name: str, data_root: Path | None = None, *, rating_threshold: 
     root = Path(data_root if data_root is not None else default_data_root()).expanduser().resolve()
     opts = LoadOptions(fmt=fmt, rating_threshold=float(rating_threshold), k_core=int(k_core),
                        split=split, seed=int(seed), valid_ratio=float(valid_ratio),
-                       test_ratio=float(test_ratio), valid_from_train=bool(valid_from_train))
+                       test_ratio=float(test_ratio), valid_from_train=bool(valid_from_train),
+                       given_valid=given_valid)
     return _load_cached(resolve_source(name, root), root, opts, max_users)

@@ -11,7 +11,9 @@ column only); raw ids of all files are mapped together to dense 0-based ids (sor
 the optional ``k_core`` filter keeps users and items with at least k interactions (over all
 files, repeated until stable) and re-densifies the ids; then the split: the given one where there
 is one (``split="auto"``; a missing validation part is carved from train when
-``valid_from_train``), else a seeded per-user split (``"random"``: :func:`split_per_user`;
+``valid_from_train``; ``given_valid="merge"`` first puts a given validation part back into
+train, for splits whose validation part is too small to select by, e.g. Yelp's 3,497 pairs for
+17,235 users), else a seeded per-user split (``"random"``: :func:`split_per_user`;
 ``"last"``: leave-last-out by timestamp, or by file order where the files have none).
 """
 
@@ -29,6 +31,7 @@ from common.splitting import (canonical_pairs, carve_validation, dense_ids, k_co
                               split_last_out, split_per_user)
 
 SPLIT_MODES = ("auto", "random", "last")
+GIVEN_VALID = ("use", "merge")   # a given validation part: used, or merged into train
 _ROLE_WORDS = {"train": {"train", "training"}, "valid": {"val", "valid", "validation", "dev"},
                "test": {"test", "testing"}}
 _NOT_DATA = re.compile(r"(?i)^(readme|license|licence|provenance|changelog)|"
@@ -47,8 +50,12 @@ class LoadOptions:
     valid_ratio: float = 0.1
     test_ratio: float = 0.1
     valid_from_train: bool = False
+    given_valid: str = "use"
 
     def __post_init__(self) -> None:
+        if self.given_valid not in GIVEN_VALID:
+            raise ValueError(f"unknown given_valid {self.given_valid!r}; expected one of "
+                             f"{', '.join(GIVEN_VALID)}")
         if self.split not in SPLIT_MODES:
             raise ValueError(f"unknown split {self.split!r}; expected one of {', '.join(SPLIT_MODES)}")
         if self.k_core < 0:
@@ -166,6 +173,8 @@ def build_split(parts: dict[str, Interactions], opts: LoadOptions
     if opts.split == "auto" and "all" not in pairs:
         train, test = canonical_pairs(pairs["train"]), canonical_pairs(pairs["test"])
         valid = canonical_pairs(pairs.get("valid", np.empty((0, 2), np.int64)))
+        if opts.given_valid == "merge":   # too small to select by: back into train, carved below
+            train, valid = canonical_pairs(np.concatenate([train, valid])), valid[:0]
         if len(valid) == 0 and opts.valid_from_train and opts.valid_ratio > 0:
             train, valid = carve_validation(train, test, num_users, seed=opts.seed,
                                             valid_ratio=opts.valid_ratio)

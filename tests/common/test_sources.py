@@ -60,6 +60,25 @@ def test_given_split_by_path_and_carved_validation(tmp_path: Path) -> None:
     assert as_set(other.valid) != as_set(carved.valid)
 
 
+def test_a_given_validation_part_can_be_merged_into_train_and_carved_again(tmp_path: Path) -> None:
+    folder = lightgcn_folder(tmp_path / "lg")
+    before = load_dataset(str(folder))
+    taken = as_set(before.train) | as_set(before.test)
+    tiny = [next((u, i) for i in range(30) if (u, i) not in taken) for u in (0, 1)]
+    write(folder / "valid.txt", "".join(f"{u} {i}\n" for u, i in tiny))  # a tiny given part
+    given = load_dataset(str(folder), valid_from_train=True)
+    assert as_set(given.valid) == set(tiny)                           # "use": kept as it is
+    merged = load_dataset(str(folder), valid_from_train=True, given_valid="merge", seed=3)
+    assert as_set(merged.train) | as_set(merged.valid) == as_set(given.train) | as_set(given.valid)
+    assert not as_set(merged.train) & as_set(merged.valid)
+    assert not as_set(merged.valid) & as_set(merged.test)
+    assert (np.bincount(merged.valid[:, 0], minlength=40) >= 1).all()  # every user validated
+    assert load_dataset(str(folder), valid_from_train=True, given_valid="merge",
+                        seed=3).fingerprint == merged.fingerprint
+    with pytest.raises(ValueError, match="given_valid"):
+        load_dataset(str(folder), given_valid="drop")
+
+
 def test_carved_validation_never_takes_a_test_pair() -> None:
     train = np.array([[0, i] for i in range(10)])
     test = train[:5]                                   # a broken given split: train ∩ test
@@ -169,6 +188,10 @@ def test_real_yelp() -> None:
     # PROVENANCE.md: train 185,869, val 3,497, test 18,579; 17,235 users, 37,378 items
     assert (len(data.train), len(data.valid), len(data.test)) == (185_869, 3_497, 18_579)
     assert (data.num_users, data.num_items) == (17_235, 37_378)
+    merged = load_dataset("yelp", real_root(), valid_from_train=True, given_valid="merge")
+    assert len(merged.train) + len(merged.valid) == 185_869 + 3_497
+    assert len(merged.valid) > 5 * 3_497                               # ~10 % of each user's
+    assert not np.isin(keys(merged.valid), keys(merged.test)).any()
 
 
 def test_real_paths_match_names() -> None:
