@@ -49,6 +49,7 @@ def main() -> None:
     settings = [parse_setting(s) for s in args.settings]
     torch.set_num_threads(args.threads)
     ds = load_dataset("ml-1m-receraser")
+    manifest = run_manifest(vars(args), 0, ds.fingerprint)   # before the work: the code that runs
     submodel = TrainConfig(model="lightgcn", epochs=args.shard_epochs, batch_size=8192, lr=0.01)
     config = RecEraserConfig(partition=args.partition, submodel=submodel,
                              aggregator=AggregatorConfig(kind="average"))
@@ -66,7 +67,7 @@ def main() -> None:
                      "seconds": variant.aggregator_seconds})
         print(rows[-1], flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows, "manifest": run_manifest(vars(args), 0, ds.fingerprint)}, indent=1))
+        out.write_text(json.dumps({"rows": rows, "manifest": manifest}, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,11 +70,11 @@ class NodeRegistry:
         may) while a user's unauthenticated owner is gone or silent: a restarted SuperNode
         comes back under a new id and could be that owner. A node that shares nothing has
         nothing to withdraw, so it is not polled."""
-        owners = set(self.owner.values())
-        orphaned = any(_node_of(o) is not None and (_node_of(o) not in self.online
-                                                     or _node_of(o) in self.unresponsive)
-                       for o in owners)
-        return None if orphaned else owners
+        owners = self._groups().keys()
+        ids = [_node_of(o) for o in owners]
+        orphaned = any(n is not None and (n not in self.online or n in self.unresponsive)
+                       for n in ids)
+        return None if orphaned else set(owners)
 
     def polled(self, nodes) -> None:
         self.poll_now.difference_update(nodes)
@@ -136,12 +136,16 @@ class NodeRegistry:
 
     def users_of(self, node: int) -> np.ndarray:
         """Sorted int64 ids of the users ``node`` shares for."""
+        return self._groups().get(self.identity(node), np.zeros(0, np.int64))
+
+    def _groups(self) -> dict[str, np.ndarray]:
+        """Owner identity -> its users (derived from ``owner``, cached until it changes)."""
         if self._by_owner is None:
             grouped: dict[str, list[int]] = {}
             for user, owner in self.owner.items():
                 grouped.setdefault(owner, []).append(user)
             self._by_owner = {n: np.array(sorted(u), np.int64) for n, u in grouped.items()}
-        return self._by_owner.get(self.identity(node), np.zeros(0, np.int64))
+        return self._by_owner
 
     # ------------------------------------------------------------------ durability
     def to_dict(self) -> dict:
